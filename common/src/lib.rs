@@ -1,0 +1,7 @@
+//! Code shared by `lb`, `backend` and `loadgen`: per-core bootstrap, listeners, HTTP helpers.
+
+pub mod http;
+pub mod logging;
+pub mod net;
+pub mod runtime;
+pub mod sysinfo;

@@ -1,0 +1,246 @@
+//! Thread-per-core bootstrap: one OS thread, one monoio runtime, one future per core.
+//!
+//! Every binary uses this so that driver choice, pinning, naming and the "a dead worker takes the
+//! process down" rule are the same everywhere.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Which monoio driver a worker runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDriver {
+    IoUring,
+    Epoll,
+}
+
+impl IoDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+
+    /// The driver of the runtime this thread runs, if it was started by [`run_workers`] or
+    /// [`block_on`].
+    pub fn current() -> Option<IoDriver> {
+        CURRENT_DRIVER.with(|d| d.get())
+    }
+
+    /// True when sockets handed to this thread's runtime must be non-blocking (epoll needs it;
+    /// under io_uring a blocking socket saves the kernel a failed non-blocking attempt).
+    pub fn wants_nonblocking() -> bool {
+        IoDriver::current() != Some(IoDriver::IoUring)
+    }
+}
+
+thread_local! {
+    static CURRENT_DRIVER: Cell<Option<IoDriver>> = const { Cell::new(None) };
+}
+
+/// How to start the workers.
+#[derive(Clone, Debug)]
+pub struct WorkerOpts {
+    /// Thread name prefix: threads are named `{name}-{i}`.
+    pub name: String,
+    /// Number of worker threads (>= 1).
+    pub cores: usize,
+    /// Pin worker i to the i-th CPU of this process's affinity mask.
+    pub pin: bool,
+    /// io_uring submission queue size.
+    pub ring_entries: u32,
+}
+
+impl WorkerOpts {
+    pub fn new(name: &str, cores: usize) -> Self {
+        WorkerOpts {
+            name: name.to_string(),
+            cores: cores.max(1),
+            pin: false,
+            ring_entries: DEFAULT_RING_ENTRIES,
+        }
+    }
+}
+
+/// Enough for thousands of in-flight operations per core; the kernel queues overflow (NODROP).
+pub const DEFAULT_RING_ENTRIES: u32 = 4096;
+
+/// What a worker knows about itself.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerCtx {
+    pub index: usize,
+    pub cores: usize,
+    pub driver: IoDriver,
+}
+
+/// Runs `f(ctx)` on `opts.cores` threads, each inside its own monoio runtime, and returns the
+/// outputs in worker order.
+///
+/// A worker that panics ends the whole process with exit code 70 after logging which worker died:
+/// a half-dead process would keep a listener in the `SO_REUSEPORT` group that nobody serves.
+pub fn run_workers<F, Fut, T>(opts: &WorkerOpts, f: F) -> std::io::Result<Vec<T>>
+where
+    F: Fn(WorkerCtx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let f = Arc::new(f);
+    let cpus = if opts.pin { allowed_cpus() } else { Vec::new() };
+    let mut handles = Vec::with_capacity(opts.cores);
+    for index in 0..opts.cores {
+        let f = f.clone();
+        let cores = opts.cores;
+        let entries = opts.ring_entries;
+        let cpu = cpus.get(index % cpus.len().max(1)).copied();
+        let name = format!("{}-{}", opts.name, index);
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let _guard = DeathGuard(name);
+                if let Some(cpu) = cpu {
+                    pin_to_cpu(cpu);
+                }
+                block_on_with(entries, index, move |driver| {
+                    f(WorkerCtx {
+                        index,
+                        cores,
+                        driver,
+                    })
+                })
+            })?;
+        handles.push(handle);
+    }
+    // A panicking worker exits the process from its DeathGuard, so join only sees clean results.
+    Ok(handles
+        .into_iter()
+        .map(|h| h.join().expect("worker thread panicked"))
+        .collect())
+}
+
+/// Runs one future on a fresh runtime on the current thread (tests, small tools). The future is
+/// made inside the runtime because monoio timers and sockets bind to it when created.
+pub fn block_on<Fut: Future>(make: impl FnOnce() -> Fut) -> Fut::Output {
+    block_on_with(DEFAULT_RING_ENTRIES, 0, |_| make())
+}
+
+fn block_on_with<Fut: Future>(
+    entries: u32,
+    index: usize,
+    make: impl FnOnce(IoDriver) -> Fut,
+) -> Fut::Output {
+    use monoio::{FusionRuntime, RuntimeBuilder};
+    let built = RuntimeBuilder::<monoio::FusionDriver>::new()
+        .with_entries(entries)
+        .enable_timer()
+        .build();
+    let mut rt = match built {
+        Ok(rt) => rt,
+        Err(e) => {
+            // io_uring passed the probe but could not be set up (e.g. memlock limit): use epoll.
+            tracing::warn!(worker = index, error = %e, "io_uring runtime failed to start, falling back to epoll");
+            let rt = RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("cannot build even the epoll runtime");
+            FusionRuntime::Legacy(rt)
+        }
+    };
+    let driver = match rt {
+        FusionRuntime::Uring(_) => IoDriver::IoUring,
+        FusionRuntime::Legacy(_) => IoDriver::Epoll,
+    };
+    CURRENT_DRIVER.with(|d| d.set(Some(driver)));
+    if driver == IoDriver::Epoll
+        && index == 0
+        && std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_none()
+    {
+        tracing::warn!("io_uring is not available here (blocked by seccomp or an old kernel): running on epoll");
+    }
+    tracing::debug!(
+        worker = index,
+        driver = driver.name(),
+        "worker runtime started"
+    );
+    // `make` runs inside the runtime: monoio timers and sockets bind to it when created.
+    rt.block_on(async move { make(driver).await })
+}
+
+struct DeathGuard(String);
+
+impl Drop for DeathGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(worker = %self.0, "worker thread panicked: stopping the whole process");
+            eprintln!(
+                "fatal: worker {} died; exiting so that no listener is left unserved",
+                self.0
+            );
+            std::process::exit(70);
+        }
+    }
+}
+
+/// CPUs in this process's affinity mask, in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0 (this thread).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: as above; failure only means we stay unpinned, which we log.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, error = %std::io::Error::last_os_error(), "could not pin worker");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_run_on_their_own_threads_and_return_in_order() {
+        let opts = WorkerOpts::new("t-worker", 3);
+        let out = run_workers(&opts, |ctx| async move {
+            let name = std::thread::current().name().unwrap().to_string();
+            assert_eq!(IoDriver::current(), Some(ctx.driver));
+            (ctx.index, name)
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                (0, "t-worker-0".to_string()),
+                (1, "t-worker-1".to_string()),
+                (2, "t-worker-2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn pinned_workers_still_run() {
+        let mut opts = WorkerOpts::new("t-pinned", 2);
+        opts.pin = true;
+        let out = run_workers(&opts, |ctx| async move { ctx.index * 10 }).unwrap();
+        assert_eq!(out, vec![0, 10]);
+    }
+
+    #[test]
+    fn timers_work_inside_block_on() {
+        let t = std::time::Instant::now();
+        block_on(|| monoio::time::sleep(std::time::Duration::from_millis(20)));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(20));
+    }
+}
