@@ -5,3 +5,4 @@ pub mod logging;
 pub mod net;
 pub mod runtime;
 pub mod sysinfo;
+pub mod task;
