@@ -1,0 +1,578 @@
+//! Configuration: TOML file, then environment, then command line, validated into one [`Config`].
+//!
+//! Two stages: [`FileConfig`] mirrors the file (every field optional, unknown keys rejected), and
+//! [`Config`] is what the rest of the program uses (every value present and checked).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::balance::{Algorithm, HashConfig, HashFn};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_CORES: usize = 1;
+pub const DEFAULT_ALGORITHM: &str = "round_robin";
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: u32 = 1000;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_PEEK_TIMEOUT_MS: u64 = 5_000;
+/// Largest per-direction relay buffer; buffers start small and grow to this on full reads.
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+pub const MIN_BUFFER_SIZE: usize = 1024;
+pub const DEFAULT_RETRY_TRIES: u32 = 3;
+pub const DEFAULT_RETRY_BUDGET_MS: u64 = 3_000;
+pub const DEFAULT_EJECT_MS: u64 = 2_000;
+pub const DEFAULT_MAX_HEAD: usize = lb_common::http::DEFAULT_MAX_HEAD;
+pub const DEFAULT_BACKLOG: i32 = lb_common::net::DEFAULT_BACKLOG;
+pub const DEFAULT_POOL_IDLE_PER_BACKEND: usize = 0;
+pub const DEFAULT_POOL_MAX_AGE_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The file as written. Every key is documented in `config/lb.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub cores: Option<usize>,
+    pub pin: Option<bool>,
+    pub algorithm: Option<String>,
+    #[serde(default)]
+    pub backends: Vec<FileBackend>,
+    #[serde(default)]
+    pub hash: FileHash,
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    #[serde(default)]
+    pub relay: FileRelay,
+    #[serde(default)]
+    pub retry: FileRetry,
+    #[serde(default)]
+    pub pool: FilePool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub address: String,
+    pub name: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHash {
+    pub key: Option<String>,
+    pub key_hash: Option<String>,
+    pub node_hash: Option<String>,
+    pub virtual_nodes: Option<u32>,
+    pub maglev_table_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub connect_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+    pub peek_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRelay {
+    pub buffer_size: Option<usize>,
+    pub max_head: Option<usize>,
+    pub backlog: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetry {
+    pub tries: Option<u32>,
+    pub budget_ms: Option<u64>,
+    pub eject_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    pub idle_per_backend: Option<usize>,
+    pub max_age_ms: Option<u64>,
+}
+
+/// Values that override the file: environment variables first, then command-line flags.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub backends: Option<Vec<String>>,
+    pub algorithm: Option<String>,
+    pub cores: Option<usize>,
+    pub pin: Option<bool>,
+}
+
+impl Overrides {
+    /// The seed projects' variables: `ALGORITHM`, `BACKEND_SERVERS` (comma-separated), `HOST`,
+    /// `PORT`. Empty values count as unset.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Overrides {
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        Overrides {
+            listen: None,
+            host: get("HOST"),
+            port: get("PORT"),
+            backends: get("BACKEND_SERVERS").map(|v| split_list(&v)),
+            algorithm: get("ALGORITHM"),
+            cores: None,
+            pin: None,
+        }
+    }
+
+    /// Later sources win: `self` is overridden by whatever `later` sets.
+    pub fn then(self, later: Overrides) -> Overrides {
+        Overrides {
+            listen: later.listen.or(self.listen),
+            host: later.host.or(self.host),
+            port: later.port.or(self.port),
+            backends: later.backends.or(self.backends),
+            algorithm: later.algorithm.or(self.algorithm),
+            cores: later.cores.or(self.cores),
+            pin: later.pin.or(self.pin),
+        }
+    }
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Where an algorithm that hashes takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    ClientIp,
+    Cookie(String),
+    Header(String),
+}
+
+impl KeySource {
+    /// Cookie and header keys need the first request head to be peeked.
+    pub fn needs_http(&self) -> bool {
+        !matches!(self, KeySource::ClientIp)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub cores: usize,
+    pub pin: bool,
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendConfig>,
+    pub key: KeySource,
+    pub hash: HashConfig,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub peek_timeout: Duration,
+    pub buffer_size: usize,
+    pub max_head: usize,
+    pub backlog: i32,
+    pub retry_tries: u32,
+    pub retry_budget: Duration,
+    pub eject: Duration,
+    pub pool_idle_per_backend: usize,
+    pub pool_max_age: Duration,
+    /// The file this came from, for reloads.
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and parses a TOML file.
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        parse_file(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// File (optional) + overrides -> validated config.
+    pub fn build(
+        file: FileConfig,
+        over: Overrides,
+        source: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
+        let listen = resolve_listen(file.listen.as_deref(), &over)?;
+
+        let cores = over.cores.or(file.cores).unwrap_or(DEFAULT_CORES);
+        if cores == 0 || cores > 1024 {
+            return Err(invalid("cores", format!("must be between 1 and 1024 (got {cores})")));
+        }
+
+        let alg_name = over
+            .algorithm
+            .clone()
+            .or(file.algorithm)
+            .unwrap_or_else(|| DEFAULT_ALGORITHM.into());
+        let algorithm = alg_name
+            .parse::<Algorithm>()
+            .map_err(|e| invalid("algorithm", e.to_string()))?;
+
+        let backends = match over.backends {
+            Some(list) => list
+                .iter()
+                .map(|a| backend_from_parts("backends", a, None, None))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => file
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    backend_from_parts(
+                        &format!("backends[{i}]"),
+                        &b.address,
+                        b.name.as_deref(),
+                        b.weight,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if backends.is_empty() {
+            return Err(invalid(
+                "backends",
+                "no backends configured: add [[backends]] entries to the file, set BACKEND_SERVERS=host:port,host:port or pass --backend host:port",
+            ));
+        }
+        for (i, b) in backends.iter().enumerate() {
+            if backends[..i].iter().any(|o| o.name == b.name) {
+                return Err(invalid(
+                    "backends",
+                    format!("backend name '{}' is used twice: names must be unique (they key the hash ring)", b.name),
+                ));
+            }
+        }
+
+        let key = match file.hash.key.as_deref() {
+            None | Some("client_ip") => KeySource::ClientIp,
+            Some(k) => parse_key(k)?,
+        };
+        let mut hash = HashConfig::default();
+        if let Some(h) = &file.hash.key_hash {
+            hash.key_hash = h.parse::<HashFn>().map_err(|e| invalid("hash.key_hash", e.to_string()))?;
+        }
+        if let Some(h) = &file.hash.node_hash {
+            hash.node_hash = h
+                .parse::<HashFn>()
+                .map_err(|e| invalid("hash.node_hash", e.to_string()))?;
+        }
+        if let Some(v) = file.hash.virtual_nodes {
+            if !(1..=10_000).contains(&v) {
+                return Err(invalid("hash.virtual_nodes", format!("must be between 1 and 10000 (got {v}); 160 is a good default")));
+            }
+            hash.virtual_nodes = v;
+        }
+        if let Some(m) = file.hash.maglev_table_size {
+            if m < backends.len() as u64 * 10 || !is_prime(m) {
+                return Err(invalid(
+                    "hash.maglev_table_size",
+                    format!("must be a prime at least 10x the number of backends (got {m}); 65537 is a good default"),
+                ));
+            }
+            hash.maglev_table_size = m;
+        }
+
+        let t = &file.timeouts;
+        let connect_timeout = millis("timeouts.connect_ms", t.connect_ms, DEFAULT_CONNECT_TIMEOUT_MS)?;
+        let idle_timeout = millis("timeouts.idle_ms", t.idle_ms, DEFAULT_IDLE_TIMEOUT_MS)?;
+        let peek_timeout = millis("timeouts.peek_ms", t.peek_ms, DEFAULT_PEEK_TIMEOUT_MS)?;
+
+        let buffer_size = file.relay.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
+        if !(MIN_BUFFER_SIZE..=16 * 1024 * 1024).contains(&buffer_size) {
+            return Err(invalid(
+                "relay.buffer_size",
+                format!("must be between {MIN_BUFFER_SIZE} and 16777216 bytes (got {buffer_size})"),
+            ));
+        }
+        let max_head = file.relay.max_head.unwrap_or(DEFAULT_MAX_HEAD);
+        if !(256..=1024 * 1024).contains(&max_head) {
+            return Err(invalid("relay.max_head", format!("must be between 256 and 1048576 bytes (got {max_head})")));
+        }
+        let backlog = file.relay.backlog.unwrap_or(DEFAULT_BACKLOG);
+        if backlog < 1 {
+            return Err(invalid("relay.backlog", format!("must be at least 1 (got {backlog})")));
+        }
+
+        let retry_tries = file.retry.tries.unwrap_or(DEFAULT_RETRY_TRIES);
+        if !(1..=100).contains(&retry_tries) {
+            return Err(invalid("retry.tries", format!("must be between 1 (no retry) and 100 (got {retry_tries})")));
+        }
+        let retry_budget = millis("retry.budget_ms", file.retry.budget_ms, DEFAULT_RETRY_BUDGET_MS)?;
+        let eject = millis("retry.eject_ms", file.retry.eject_ms, DEFAULT_EJECT_MS)?;
+
+        let pool_idle_per_backend = file.pool.idle_per_backend.unwrap_or(DEFAULT_POOL_IDLE_PER_BACKEND);
+        if pool_idle_per_backend > 1024 {
+            return Err(invalid("pool.idle_per_backend", format!("must be at most 1024 (got {pool_idle_per_backend}); 0 turns the pool off")));
+        }
+        let pool_max_age = millis("pool.max_age_ms", file.pool.max_age_ms, DEFAULT_POOL_MAX_AGE_MS)?;
+
+        Ok(Config {
+            listen,
+            cores,
+            pin: over.pin.or(file.pin).unwrap_or(false),
+            algorithm,
+            backends,
+            key,
+            hash,
+            connect_timeout,
+            idle_timeout,
+            peek_timeout,
+            buffer_size,
+            max_head,
+            backlog,
+            retry_tries,
+            retry_budget,
+            eject,
+            pool_idle_per_backend,
+            pool_max_age,
+            source,
+        })
+    }
+}
+
+/// Parses TOML text into the file stage; the message names the offending key and line.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+}
+
+fn resolve_listen(file_listen: Option<&str>, over: &Overrides) -> Result<SocketAddr, ConfigError> {
+    if let Some(l) = &over.listen {
+        return lb_common::net::parse_addr(l).map_err(|e| invalid("listen", e));
+    }
+    let base = file_listen.unwrap_or(DEFAULT_LISTEN);
+    let mut addr = lb_common::net::parse_addr(base).map_err(|e| invalid("listen", e))?;
+    if let Some(host) = &over.host {
+        let ip = lb_common::net::parse_addr(&format!("{host}:0"))
+            .map_err(|e| invalid("HOST", e))?
+            .ip();
+        addr.set_ip(ip);
+    }
+    if let Some(port) = &over.port {
+        let p: u16 = port
+            .trim()
+            .parse()
+            .map_err(|_| invalid("PORT", format!("'{port}' is not a port number (0-65535)")))?;
+        addr.set_port(p);
+    }
+    Ok(addr)
+}
+
+fn backend_from_parts(
+    key: &str,
+    address: &str,
+    name: Option<&str>,
+    weight: Option<u32>,
+) -> Result<BackendConfig, ConfigError> {
+    let addr = lb_common::net::parse_addr(address).map_err(|e| invalid(key, e))?;
+    if addr.port() == 0 {
+        return Err(invalid(key, format!("backend '{address}' has port 0: give the port it listens on")));
+    }
+    let weight = weight.unwrap_or(DEFAULT_WEIGHT);
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        return Err(invalid(
+            &format!("{key}.weight"),
+            format!("must be between 1 and {MAX_WEIGHT} (got {weight})"),
+        ));
+    }
+    Ok(BackendConfig {
+        name: name.map(String::from).unwrap_or_else(|| address.trim().to_string()),
+        address: addr,
+        weight,
+    })
+}
+
+fn parse_key(k: &str) -> Result<KeySource, ConfigError> {
+    let bad = || {
+        invalid(
+            "hash.key",
+            format!("'{k}' is not a key source: use \"client_ip\", \"cookie:NAME\" or \"header:NAME\""),
+        )
+    };
+    let (kind, name) = k.split_once(':').ok_or_else(bad)?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b'=') {
+        return Err(bad());
+    }
+    match kind.trim() {
+        "cookie" => Ok(KeySource::Cookie(name.to_string())),
+        "header" => Ok(KeySource::Header(name.to_string())),
+        _ => Err(bad()),
+    }
+}
+
+fn millis(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    let ms = v.unwrap_or(default);
+    if ms == 0 || ms > 24 * 3600 * 1000 {
+        return Err(invalid(key, format!("must be between 1 and 86400000 milliseconds (got {ms})")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str, over: Overrides) -> Result<Config, ConfigError> {
+        let file = parse_file(toml_text).map_err(|m| ConfigError::Parse {
+            path: "test.toml".into(),
+            message: m,
+        })?;
+        Config::build(file, over, None)
+    }
+
+    const TWO: &str = r#"
+        [[backends]]
+        address = "127.0.0.1:9001"
+        [[backends]]
+        address = "127.0.0.1:9002"
+        weight = 3
+    "#;
+
+    #[test]
+    fn defaults_fill_everything_but_backends() {
+        let c = build(TWO, Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.cores, DEFAULT_CORES);
+        assert_eq!(c.algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.backends[1].weight, 3);
+        assert_eq!(c.backends[0].name, "127.0.0.1:9001");
+        assert_eq!(c.key, KeySource::ClientIp);
+    }
+
+    #[test]
+    fn no_backends_is_an_error_that_says_how_to_add_them() {
+        let e = build("", Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("backends") && e.contains("BACKEND_SERVERS"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = build(&format!("{TWO}\n[timeouts]\nconect_ms = 5\n"), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conect_ms"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_and_the_fix() {
+        let e = build(&format!("algorithm = \"fastest\"\n{TWO}"), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`algorithm`") && e.contains("round_robin"), "{e}");
+        let e = build(&format!("{TWO}\n[timeouts]\nconnect_ms = 0\n"), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("timeouts.connect_ms"), "{e}");
+        let e = build("[[backends]]\naddress = \"127.0.0.1:1\"\nweight = 0\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backends[0].weight"), "{e}");
+        let e = build(&format!("{TWO}\n[hash]\nkey = \"ip\"\n"), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hash.key") && e.contains("cookie:NAME"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_cli_overrides_env() {
+        let env = Overrides::from_env(|k| match k {
+            "ALGORITHM" => Some("random".into()),
+            "BACKEND_SERVERS" => Some("127.0.0.1:7001, 127.0.0.1:7002,127.0.0.1:7003".into()),
+            "HOST" => Some("0.0.0.0".into()),
+            "PORT" => Some("9999".into()),
+            _ => None,
+        });
+        let c = build(TWO, env.clone()).unwrap();
+        assert_eq!(c.algorithm, Algorithm::Random);
+        assert_eq!(c.backends.len(), 3);
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9999");
+
+        let cli = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            algorithm: Some("least_connections".into()),
+            cores: Some(2),
+            ..Default::default()
+        };
+        let c = build(TWO, env.then(cli)).unwrap();
+        assert_eq!(c.algorithm, Algorithm::LeastConnections);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.cores, 2);
+        assert_eq!(c.backends.len(), 3, "env backends stay when the CLI gives none");
+    }
+
+    #[test]
+    fn cookie_and_header_keys_parse() {
+        let c = build(&format!("{TWO}\n[hash]\nkey = \"cookie:session\"\n"), Overrides::default()).unwrap();
+        assert_eq!(c.key, KeySource::Cookie("session".into()));
+        assert!(c.key.needs_http());
+        let c = build(&format!("{TWO}\n[hash]\nkey = \"header:X-User\"\n"), Overrides::default()).unwrap();
+        assert_eq!(c.key, KeySource::Header("X-User".into()));
+    }
+
+    #[test]
+    fn duplicate_backend_names_are_rejected() {
+        let e = build(
+            "[[backends]]\naddress=\"127.0.0.1:1\"\nname=\"a\"\n[[backends]]\naddress=\"127.0.0.1:2\"\nname=\"a\"\n",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn maglev_table_must_be_prime() {
+        let e = build(&format!("{TWO}\n[hash]\nmaglev_table_size = 65536\n"), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prime"), "{e}");
+        assert!(build(&format!("{TWO}\n[hash]\nmaglev_table_size = 65537\n"), Overrides::default()).is_ok());
+    }
+}

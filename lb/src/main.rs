@@ -1,0 +1,81 @@
+//! `lb` binary: command line -> config -> logging -> per-core runtime.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use lb::config::{Config, FileConfig, Overrides};
+
+/// Thread-per-core L4 TCP load balancer on io_uring.
+///
+/// Sources, later overriding earlier: the TOML file (--config), the environment (ALGORITHM,
+/// BACKEND_SERVERS=host:port,host:port, HOST, PORT), then these flags.
+/// Logging: RUST_LOG (default info), e.g. RUST_LOG=debug.
+#[derive(Parser, Debug)]
+#[command(name = "lb", version, about, long_about = None)]
+struct Args {
+    /// TOML config file; every key is documented in config/lb.toml.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 or :8080 (default 127.0.0.1:8080).
+    #[arg(short, long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// A backend address; repeat for several. Replaces the file's and BACKEND_SERVERS' list.
+    #[arg(short, long = "backend", value_name = "HOST:PORT", value_delimiter = ',')]
+    backends: Vec<String>,
+    /// round_robin, weighted_round_robin, least_connections, least_response_time, random,
+    /// power_of_two, consistent_hash (alias ip_hash) or maglev.
+    #[arg(short, long, value_name = "NAME")]
+    algorithm: Option<String>,
+    /// Worker threads, one per core, each with its own listener (default 1).
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Pin worker i to the i-th CPU this process may use.
+    #[arg(long)]
+    pin: bool,
+    /// Validate the configuration, print a summary and exit (0 if valid, 2 if not).
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    lb_common::logging::init("info");
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lb: invalid configuration: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check_config {
+        println!(
+            "configuration OK: listen {}, {} core(s), algorithm {}, {} backend(s)",
+            config.listen,
+            config.cores,
+            config.algorithm.name(),
+            config.backends.len()
+        );
+        return;
+    }
+    if let Err(e) = lb::runtime::launch(config) {
+        eprintln!("lb: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {
+    let file = match &args.config {
+        Some(path) => Config::read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let env = Overrides::from_env(|k| std::env::var(k).ok());
+    let cli = Overrides {
+        listen: args.listen.clone(),
+        backends: (!args.backends.is_empty()).then(|| args.backends.clone()),
+        algorithm: args.algorithm.clone(),
+        cores: args.cores,
+        pin: args.pin.then_some(true),
+        ..Default::default()
+    };
+    Config::build(file, env.then(cli), args.config.clone())
+}

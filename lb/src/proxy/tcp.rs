@@ -1,0 +1,115 @@
+//! The L4 relay: one read/write loop per direction, half-close propagated, either error ends both.
+
+use std::cell::Cell;
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+
+/// Buffers start this small so that thousands of idle connections cost little memory; a read that
+/// fills the buffer doubles it, up to the configured maximum, so bulk transfers quickly get large
+/// reads.
+pub const INITIAL_BUFFER: usize = 1024;
+
+/// Which side of the proxy an I/O error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{side:?} side: {source}")]
+pub struct RelayError {
+    pub side: Side,
+    #[source]
+    pub source: io::Error,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOpts {
+    pub max_buffer: usize,
+    /// No bytes in either direction for this long ends the connection.
+    pub idle_timeout: Duration,
+}
+
+/// Bytes moved in each direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+/// Relays until both directions reached EOF (each propagated as a write shutdown), or until the
+/// first error or idle timeout, which drops (and so cancels) the other direction.
+pub async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    opts: RelayOpts,
+) -> Result<Relayed, RelayError> {
+    let activity = Cell::new(Instant::now());
+    let (client_r, client_w) = client.into_split();
+    let (backend_r, backend_w) = backend.into_split();
+    let up = copy_half(client_r, backend_w, Side::Client, Side::Backend, opts, &activity);
+    let down = copy_half(backend_r, client_w, Side::Backend, Side::Client, opts, &activity);
+    let (to_backend, to_client) = monoio::try_join!(up, down)?;
+    Ok(Relayed {
+        to_backend,
+        to_client,
+    })
+}
+
+async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut from: R,
+    mut to: W,
+    from_side: Side,
+    to_side: Side,
+    opts: RelayOpts,
+    activity: &Cell<Instant>,
+) -> Result<u64, RelayError> {
+    let mut cap = INITIAL_BUFFER.min(opts.max_buffer);
+    let mut buf: Vec<u8> = Vec::with_capacity(cap);
+    let mut total = 0u64;
+    loop {
+        let (res, b) = match monoio::time::timeout(opts.idle_timeout, from.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The read (and its buffer) was cancelled. Only give up if the other direction
+                // was idle too: a long download with a silent client is not idle.
+                if activity.get().elapsed() < opts.idle_timeout {
+                    buf = Vec::with_capacity(cap);
+                    continue;
+                }
+                return Err(RelayError {
+                    side: from_side,
+                    source: io::Error::new(io::ErrorKind::TimedOut, "idle timeout"),
+                });
+            }
+        };
+        buf = b;
+        let n = res.map_err(|source| RelayError {
+            side: from_side,
+            source,
+        })?;
+        if n == 0 {
+            // Half-close: tell the other side we are done writing, keep the other direction.
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        activity.set(Instant::now());
+        let (res, b) = to.write_all(buf).await;
+        buf = b;
+        res.map_err(|source| RelayError {
+            side: to_side,
+            source,
+        })?;
+        total += n as u64;
+        if n == cap && cap < opts.max_buffer {
+            cap = (cap * 2).min(opts.max_buffer);
+            buf = Vec::with_capacity(cap);
+        } else {
+            buf.clear();
+        }
+    }
+}
