@@ -71,8 +71,7 @@ pub fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, H
 pub fn is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .last()
+        .rfind(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
         .and_then(|h| std::str::from_utf8(h.value).ok())
         .map(|v| {
             v.rsplit(',')

@@ -45,7 +45,11 @@ where
 {
     monoio::spawn(async move {
         if let Err(payload) = CatchUnwind(fut).await {
-            tracing::error!(task = what, panic = panic_message(&*payload), "task panicked; only this task was dropped");
+            tracing::error!(
+                task = what,
+                panic = panic_message(&*payload),
+                "task panicked; only this task was dropped"
+            );
         }
     });
 }

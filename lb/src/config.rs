@@ -240,7 +240,10 @@ impl Config {
 
         let cores = over.cores.or(file.cores).unwrap_or(DEFAULT_CORES);
         if cores == 0 || cores > 1024 {
-            return Err(invalid("cores", format!("must be between 1 and 1024 (got {cores})")));
+            return Err(invalid(
+                "cores",
+                format!("must be between 1 and 1024 (got {cores})"),
+            ));
         }
 
         let alg_name = over
@@ -292,7 +295,9 @@ impl Config {
         };
         let mut hash = HashConfig::default();
         if let Some(h) = &file.hash.key_hash {
-            hash.key_hash = h.parse::<HashFn>().map_err(|e| invalid("hash.key_hash", e.to_string()))?;
+            hash.key_hash = h
+                .parse::<HashFn>()
+                .map_err(|e| invalid("hash.key_hash", e.to_string()))?;
         }
         if let Some(h) = &file.hash.node_hash {
             hash.node_hash = h
@@ -301,12 +306,15 @@ impl Config {
         }
         if let Some(v) = file.hash.virtual_nodes {
             if !(1..=10_000).contains(&v) {
-                return Err(invalid("hash.virtual_nodes", format!("must be between 1 and 10000 (got {v}); 160 is a good default")));
+                return Err(invalid(
+                    "hash.virtual_nodes",
+                    format!("must be between 1 and 10000 (got {v}); 160 is a good default"),
+                ));
             }
             hash.virtual_nodes = v;
         }
         if let Some(m) = file.hash.maglev_table_size {
-            if m < backends.len() as u64 * 10 || !is_prime(m) {
+            if m < backends.len() as u64 * 10 || !crate::balance::maglev::is_prime(m) {
                 return Err(invalid(
                     "hash.maglev_table_size",
                     format!("must be a prime at least 10x the number of backends (got {m}); 65537 is a good default"),
@@ -316,7 +324,11 @@ impl Config {
         }
 
         let t = &file.timeouts;
-        let connect_timeout = millis("timeouts.connect_ms", t.connect_ms, DEFAULT_CONNECT_TIMEOUT_MS)?;
+        let connect_timeout = millis(
+            "timeouts.connect_ms",
+            t.connect_ms,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        )?;
         let idle_timeout = millis("timeouts.idle_ms", t.idle_ms, DEFAULT_IDLE_TIMEOUT_MS)?;
         let peek_timeout = millis("timeouts.peek_ms", t.peek_ms, DEFAULT_PEEK_TIMEOUT_MS)?;
 
@@ -329,25 +341,48 @@ impl Config {
         }
         let max_head = file.relay.max_head.unwrap_or(DEFAULT_MAX_HEAD);
         if !(256..=1024 * 1024).contains(&max_head) {
-            return Err(invalid("relay.max_head", format!("must be between 256 and 1048576 bytes (got {max_head})")));
+            return Err(invalid(
+                "relay.max_head",
+                format!("must be between 256 and 1048576 bytes (got {max_head})"),
+            ));
         }
         let backlog = file.relay.backlog.unwrap_or(DEFAULT_BACKLOG);
         if backlog < 1 {
-            return Err(invalid("relay.backlog", format!("must be at least 1 (got {backlog})")));
+            return Err(invalid(
+                "relay.backlog",
+                format!("must be at least 1 (got {backlog})"),
+            ));
         }
 
         let retry_tries = file.retry.tries.unwrap_or(DEFAULT_RETRY_TRIES);
         if !(1..=100).contains(&retry_tries) {
-            return Err(invalid("retry.tries", format!("must be between 1 (no retry) and 100 (got {retry_tries})")));
+            return Err(invalid(
+                "retry.tries",
+                format!("must be between 1 (no retry) and 100 (got {retry_tries})"),
+            ));
         }
-        let retry_budget = millis("retry.budget_ms", file.retry.budget_ms, DEFAULT_RETRY_BUDGET_MS)?;
+        let retry_budget = millis(
+            "retry.budget_ms",
+            file.retry.budget_ms,
+            DEFAULT_RETRY_BUDGET_MS,
+        )?;
         let eject = millis("retry.eject_ms", file.retry.eject_ms, DEFAULT_EJECT_MS)?;
 
-        let pool_idle_per_backend = file.pool.idle_per_backend.unwrap_or(DEFAULT_POOL_IDLE_PER_BACKEND);
+        let pool_idle_per_backend = file
+            .pool
+            .idle_per_backend
+            .unwrap_or(DEFAULT_POOL_IDLE_PER_BACKEND);
         if pool_idle_per_backend > 1024 {
-            return Err(invalid("pool.idle_per_backend", format!("must be at most 1024 (got {pool_idle_per_backend}); 0 turns the pool off")));
+            return Err(invalid(
+                "pool.idle_per_backend",
+                format!("must be at most 1024 (got {pool_idle_per_backend}); 0 turns the pool off"),
+            ));
         }
-        let pool_max_age = millis("pool.max_age_ms", file.pool.max_age_ms, DEFAULT_POOL_MAX_AGE_MS)?;
+        let pool_max_age = millis(
+            "pool.max_age_ms",
+            file.pool.max_age_ms,
+            DEFAULT_POOL_MAX_AGE_MS,
+        )?;
 
         Ok(Config {
             listen,
@@ -408,7 +443,10 @@ fn backend_from_parts(
 ) -> Result<BackendConfig, ConfigError> {
     let addr = lb_common::net::parse_addr(address).map_err(|e| invalid(key, e))?;
     if addr.port() == 0 {
-        return Err(invalid(key, format!("backend '{address}' has port 0: give the port it listens on")));
+        return Err(invalid(
+            key,
+            format!("backend '{address}' has port 0: give the port it listens on"),
+        ));
     }
     let weight = weight.unwrap_or(DEFAULT_WEIGHT);
     if !(1..=MAX_WEIGHT).contains(&weight) {
@@ -418,7 +456,9 @@ fn backend_from_parts(
         ));
     }
     Ok(BackendConfig {
-        name: name.map(String::from).unwrap_or_else(|| address.trim().to_string()),
+        name: name
+            .map(String::from)
+            .unwrap_or_else(|| address.trim().to_string()),
         address: addr,
         weight,
     })
@@ -428,12 +468,18 @@ fn parse_key(k: &str) -> Result<KeySource, ConfigError> {
     let bad = || {
         invalid(
             "hash.key",
-            format!("'{k}' is not a key source: use \"client_ip\", \"cookie:NAME\" or \"header:NAME\""),
+            format!(
+                "'{k}' is not a key source: use \"client_ip\", \"cookie:NAME\" or \"header:NAME\""
+            ),
         )
     };
     let (kind, name) = k.split_once(':').ok_or_else(bad)?;
     let name = name.trim();
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b'=') {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+    {
         return Err(bad());
     }
     match kind.trim() {
@@ -446,13 +492,12 @@ fn parse_key(k: &str) -> Result<KeySource, ConfigError> {
 fn millis(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
     let ms = v.unwrap_or(default);
     if ms == 0 || ms > 24 * 3600 * 1000 {
-        return Err(invalid(key, format!("must be between 1 and 86400000 milliseconds (got {ms})")));
+        return Err(invalid(
+            key,
+            format!("must be between 1 and 86400000 milliseconds (got {ms})"),
+        ));
     }
     Ok(Duration::from_millis(ms))
-}
-
-fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 #[cfg(test)]
@@ -489,34 +534,55 @@ mod tests {
     #[test]
     fn no_backends_is_an_error_that_says_how_to_add_them() {
         let e = build("", Overrides::default()).unwrap_err().to_string();
-        assert!(e.contains("backends") && e.contains("BACKEND_SERVERS"), "{e}");
+        assert!(
+            e.contains("backends") && e.contains("BACKEND_SERVERS"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let e = build(&format!("{TWO}\n[timeouts]\nconect_ms = 5\n"), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = build(
+            &format!("{TWO}\n[timeouts]\nconect_ms = 5\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("conect_ms"), "{e}");
     }
 
     #[test]
     fn invalid_values_name_the_key_and_the_fix() {
-        let e = build(&format!("algorithm = \"fastest\"\n{TWO}"), Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`algorithm`") && e.contains("round_robin"), "{e}");
-        let e = build(&format!("{TWO}\n[timeouts]\nconnect_ms = 0\n"), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = build(
+            &format!("algorithm = \"fastest\"\n{TWO}"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`algorithm`") && e.contains("round_robin"),
+            "{e}"
+        );
+        let e = build(
+            &format!("{TWO}\n[timeouts]\nconnect_ms = 0\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("timeouts.connect_ms"), "{e}");
-        let e = build("[[backends]]\naddress = \"127.0.0.1:1\"\nweight = 0\n", Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = build(
+            "[[backends]]\naddress = \"127.0.0.1:1\"\nweight = 0\n",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("backends[0].weight"), "{e}");
-        let e = build(&format!("{TWO}\n[hash]\nkey = \"ip\"\n"), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = build(
+            &format!("{TWO}\n[hash]\nkey = \"ip\"\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("hash.key") && e.contains("cookie:NAME"), "{e}");
     }
 
@@ -544,15 +610,27 @@ mod tests {
         assert_eq!(c.algorithm, Algorithm::LeastConnections);
         assert_eq!(c.listen.to_string(), "127.0.0.1:0");
         assert_eq!(c.cores, 2);
-        assert_eq!(c.backends.len(), 3, "env backends stay when the CLI gives none");
+        assert_eq!(
+            c.backends.len(),
+            3,
+            "env backends stay when the CLI gives none"
+        );
     }
 
     #[test]
     fn cookie_and_header_keys_parse() {
-        let c = build(&format!("{TWO}\n[hash]\nkey = \"cookie:session\"\n"), Overrides::default()).unwrap();
+        let c = build(
+            &format!("{TWO}\n[hash]\nkey = \"cookie:session\"\n"),
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(c.key, KeySource::Cookie("session".into()));
         assert!(c.key.needs_http());
-        let c = build(&format!("{TWO}\n[hash]\nkey = \"header:X-User\"\n"), Overrides::default()).unwrap();
+        let c = build(
+            &format!("{TWO}\n[hash]\nkey = \"header:X-User\"\n"),
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(c.key, KeySource::Header("X-User".into()));
     }
 
@@ -569,10 +647,17 @@ mod tests {
 
     #[test]
     fn maglev_table_must_be_prime() {
-        let e = build(&format!("{TWO}\n[hash]\nmaglev_table_size = 65536\n"), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let e = build(
+            &format!("{TWO}\n[hash]\nmaglev_table_size = 65536\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("prime"), "{e}");
-        assert!(build(&format!("{TWO}\n[hash]\nmaglev_table_size = 65537\n"), Overrides::default()).is_ok());
+        assert!(build(
+            &format!("{TWO}\n[hash]\nmaglev_table_size = 65537\n"),
+            Overrides::default()
+        )
+        .is_ok());
     }
 }

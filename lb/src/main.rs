@@ -20,7 +20,12 @@ struct Args {
     #[arg(short, long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// A backend address; repeat for several. Replaces the file's and BACKEND_SERVERS' list.
-    #[arg(short, long = "backend", value_name = "HOST:PORT", value_delimiter = ',')]
+    #[arg(
+        short,
+        long = "backend",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
     backends: Vec<String>,
     /// round_robin, weighted_round_robin, least_connections, least_response_time, random,
     /// power_of_two, consistent_hash (alias ip_hash) or maglev.

@@ -68,7 +68,11 @@ struct Core {
 }
 
 async fn worker(ctx: WorkerCtx, listener: StdListener, shared: Arc<Shared>) {
-    tracing::info!(worker = ctx.index, driver = ctx.driver.name(), "worker started");
+    tracing::info!(
+        worker = ctx.index,
+        driver = ctx.driver.name(),
+        "worker started"
+    );
     let listener = monoio_listener(listener).expect("cannot register listener with the runtime");
     let core = Rc::new(Core {
         upstream: CoreUpstream::new(ctx.index, shared.upstreams.clone(), &shared.config),
@@ -78,6 +82,7 @@ async fn worker(ctx: WorkerCtx, listener: StdListener, shared: Arc<Shared>) {
         },
         shared,
     });
+    core.upstream.warm_pools();
     let mut last_accept_warn: Option<std::time::Instant> = None;
     loop {
         match listener.accept().await {
@@ -135,8 +140,12 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     }
     let backend_idx = active.backend();
     match relay(client, backend, core.relay).await {
-        Ok(r) => tracing::trace!(%peer, backend = backend_idx, up = r.to_backend, down = r.to_client, "connection done"),
-        Err(e) => tracing::debug!(%peer, backend = backend_idx, error = %e, "connection ended with an error"),
+        Ok(r) => {
+            tracing::trace!(%peer, backend = backend_idx, up = r.to_backend, down = r.to_client, "connection done")
+        }
+        Err(e) => {
+            tracing::debug!(%peer, backend = backend_idx, error = %e, "connection ended with an error")
+        }
     }
     drop(active);
 }

@@ -12,13 +12,15 @@ const EMPTY: u32 = u32::MAX;
 
 /// Re-hashed slots tried when the key's own slot holds an unusable backend, before walking
 /// the table. With a share `d` of the table unusable, a key walks with probability
-/// `d^(PROBES+1)`: under 0.01% of keys even with half the backends down.
+/// `d^(PROBES+1)`: about 0.01% of keys with half the backends down.
 pub const PROBES: u64 = 12;
 
-/// `table[key % m]` is the key's backend. Each backend walks its own permutation of the slots
-/// (`offset + i * skip mod m`, from two differently salted hashes of its name) and the
-/// backends take turns claiming their next free slot, so each ends up with an almost equal
-/// share, and a change to the set mostly leaves the other backends' slots in place.
+/// `table[fmix64(key) % m]` is the key's backend; the finaliser, a bijection, keeps a weak key
+/// hash (FNV-1a of structured input) from aliasing modulo `m`. Each backend walks its own
+/// permutation of the slots (`offset + i * skip mod m`, from two differently salted hashes of
+/// its name) and the backends take turns claiming their next free slot, so each ends up with
+/// an almost equal share, and a change to the set mostly leaves the other backends' slots in
+/// place.
 ///
 /// Weights come from the specs at build time: a backend of weight `w` takes a turn in `w` of
 /// every `max_weight` rounds (Envoy's scheme), so its share of slots is proportional to `w`.
@@ -29,7 +31,7 @@ pub const PROBES: u64 = 12;
 /// proportion to their table shares, then walks the table from the key's slot, which always
 /// terminates because at least one usable backend holds a slot. Keys whose backend is usable
 /// never move.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Maglev {
     /// Backend index per slot; `len()` is the prime table size, or 0 with no backends.
     table: Vec<u32>,
@@ -45,12 +47,12 @@ pub fn is_prime(n: u64) -> bool {
     if n < 4 {
         return true;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return false;
     }
     let mut d = 3;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -154,7 +156,7 @@ impl Maglev {
         }
         let m = self.table.len() as u64;
         let at = |slot: u64| self.table[slot as usize] as usize;
-        let home = key % m;
+        let home = fmix64(key) % m;
         let probes = (1..=PROBES)
             .map(|p| fmix64(key.wrapping_add(p.wrapping_mul(0x9E37_79B9_7F4A_7C15))) % m);
         let walk = (1..m).map(|off| (home + off) % m);
@@ -163,6 +165,16 @@ impl Maglev {
             .chain(walk)
             .map(at)
             .find(|&b| usable(candidates, b, exclude))
+    }
+}
+
+// By hand: the derived form would print every slot into a log line.
+impl std::fmt::Debug for Maglev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maglev")
+            .field("table_size", &self.table.len())
+            .field("fallback", &self.fallback)
+            .finish()
     }
 }
 
@@ -351,18 +363,34 @@ mod tests {
                 };
                 let s = specs(5);
                 let got = names(&s, &h, 20_000);
-                let v: Vec<_> = s.iter().map(|spec| got.iter().filter(|g| **g == spec.name).count()).collect();
-                eprintln!("MATRIX {key_hash}/{node_hash}: {v:?}");
                 for spec in &s {
                     let n = got.iter().filter(|g| **g == spec.name).count();
                     assert!(
-                        (0..60_000).contains(&n),
+                        (3_400..4_600).contains(&n),
                         "{key_hash}/{node_hash}: {} got {n} of 20000",
                         spec.name
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_slash_24_of_client_ips_under_fnv1a_spreads_over_every_backend() {
+        let h = HashConfig {
+            key_hash: HashFn::Fnv1a,
+            node_hash: HashFn::Fnv1a,
+            ..HashConfig::default()
+        };
+        let s = specs(5);
+        let c = Candidate::all_eligible(&s);
+        let mut b = Maglev::new(&s, &h, 0);
+        let mut counts = [0usize; 5];
+        for last in 0..=255u8 {
+            let ip = std::net::IpAddr::from([10, 1, 2, last]);
+            counts[b.pick(&c, Some(super::super::key_from_ip(&h, ip))).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 25), "{counts:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use super::hash::fmix64;
 use super::round_robin::RoundRobin;
 use super::{usable, BackendSpec, Candidate, HashConfig, Pick};
 
@@ -14,7 +15,13 @@ pub const MAX_POINTS_PER_BACKEND: u64 = 1 << 16;
 /// from there to the first point whose backend is usable. A backend's points depend only on
 /// its name, so adding or removing one backend moves only the keys that land on it, and a
 /// backend going ineligible moves only its own keys, each to its clockwise neighbour.
-#[derive(Clone, Debug)]
+///
+/// Points and keys pass through MurmurHash3's `fmix64` finaliser before they meet on the ring.
+/// Ring position is decided by the high bits, and FNV-1a leaves those almost unchanged when
+/// only the last bytes differ: "name#1".."name#159" clustered on a few arcs (one backend got 6%
+/// of keys instead of 20%) and a /24 of client IPs landed on one arc. `fmix64` is a bijection,
+/// so for hashes that already mix well it changes nothing but the layout.
+#[derive(Clone)]
 pub struct RingHash {
     /// (point, backend index), sorted by point, then backend name, so the ring is the same
     /// whatever order the specs came in.
@@ -36,7 +43,8 @@ impl RingHash {
                 label.clear();
                 // Writing to a String cannot fail.
                 let _ = write!(label, "{}#{}", spec.name, j);
-                raw.push((hash.node_hash.hash(label.as_bytes()), idx as u32, j));
+                let point = fmix64(hash.node_hash.hash(label.as_bytes()));
+                raw.push((point, idx as u32, j));
             }
         }
         // Equal points are rare but possible; ordering them by name (then virtual node, then
@@ -63,17 +71,28 @@ impl RingHash {
         self.points.is_empty()
     }
 
-    fn lookup(&self, candidates: &[Candidate], key: u64, exclude: &[usize]) -> Option<usize> {
+    /// The backend for ring position `pos` (a key after [`fmix64`]).
+    fn lookup(&self, candidates: &[Candidate], pos: u64, exclude: &[usize]) -> Option<usize> {
         // Without this a ring whose backends are all down would be walked point by point.
         if !(0..candidates.len()).any(|i| usable(candidates, i, exclude)) {
             return None;
         }
         let n = self.points.len();
-        let start = self.points.partition_point(|&(p, _)| p < key);
+        let start = self.points.partition_point(|&(p, _)| p < pos);
         (start..n)
             .chain(0..start)
             .map(|k| self.points[k].1 as usize)
             .find(|&b| usable(candidates, b, exclude))
+    }
+}
+
+// By hand: the derived form would print every point into a log line.
+impl std::fmt::Debug for RingHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingHash")
+            .field("points", &self.points.len())
+            .field("fallback", &self.fallback)
+            .finish()
     }
 }
 
@@ -85,7 +104,7 @@ impl Pick for RingHash {
         exclude: &[usize],
     ) -> Option<usize> {
         match key {
-            Some(k) => self.lookup(candidates, k, exclude),
+            Some(k) => self.lookup(candidates, fmix64(k), exclude),
             None => self.fallback.pick_excluding(candidates, None, exclude),
         }
     }
@@ -143,15 +162,16 @@ mod tests {
     #[test]
     fn a_key_goes_to_the_first_point_clockwise_and_wraps_past_the_last() {
         let s = specs(3);
-        let mut r = ring(&s);
+        let r = ring(&s);
         let c = Candidate::all_eligible(&s);
         let (p0, b0) = r.points[0];
         let (p1, b1) = r.points[1];
         let (last, _) = *r.points.last().unwrap();
-        assert_eq!(r.pick(&c, Some(p0)), Some(b0 as usize));
-        assert_eq!(r.pick(&c, Some(p0 + 1)), Some(b1 as usize));
-        assert_eq!(r.pick(&c, Some(p1)), Some(b1 as usize));
-        assert_eq!(r.pick(&c, Some(last + 1)), Some(b0 as usize));
+        assert_eq!(r.lookup(&c, p0, &[]), Some(b0 as usize));
+        assert_eq!(r.lookup(&c, p0 + 1, &[]), Some(b1 as usize));
+        assert_eq!(r.lookup(&c, p1, &[]), Some(b1 as usize));
+        assert_eq!(r.lookup(&c, last + 1, &[]), Some(b0 as usize));
+        assert_eq!(r.lookup(&c, 0, &[]), Some(b0 as usize));
     }
 
     #[test]
@@ -253,18 +273,34 @@ mod tests {
                 };
                 let s = specs(5);
                 let got = names(&s, &h, 20_000);
-                let v: Vec<_> = s.iter().map(|spec| got.iter().filter(|g| **g == spec.name).count()).collect();
-                eprintln!("MATRIX {key_hash}/{node_hash}: {v:?}");
                 for spec in &s {
                     let n = got.iter().filter(|g| **g == spec.name).count();
                     assert!(
-                        (0..60_000).contains(&n),
+                        (3_000..5_000).contains(&n),
                         "{key_hash}/{node_hash}: {} got {n} of 20000",
                         spec.name
                     );
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_slash_24_of_client_ips_under_fnv1a_spreads_over_every_backend() {
+        let h = HashConfig {
+            key_hash: HashFn::Fnv1a,
+            node_hash: HashFn::Fnv1a,
+            ..HashConfig::default()
+        };
+        let s = specs(5);
+        let c = Candidate::all_eligible(&s);
+        let mut b = RingHash::new(&s, &h, 0);
+        let mut counts = [0usize; 5];
+        for last in 0..=255u8 {
+            let ip = std::net::IpAddr::from([10, 1, 2, last]);
+            counts[b.pick(&c, Some(super::super::key_from_ip(&h, ip))).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&n| n > 25), "{counts:?}");
     }
 
     #[test]

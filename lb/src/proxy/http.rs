@@ -73,9 +73,9 @@ fn head_state(buf: &[u8], source: &KeySource) -> HeadState {
     let mut headers = [httparse::EMPTY_HEADER; lb_common::http::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => HeadState::Complete(
-            find_key(req.headers, source).map(|v| range_in(buf, v)),
-        ),
+        Ok(httparse::Status::Complete(_)) => {
+            HeadState::Complete(find_key(req.headers, source).map(|v| range_in(buf, v)))
+        }
         Ok(httparse::Status::Partial) => HeadState::Partial,
         Err(_) => HeadState::NotHttp,
     }
@@ -90,9 +90,7 @@ fn range_in(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
 pub fn find_key<'h>(headers: &[httparse::Header<'h>], source: &KeySource) -> Option<&'h [u8]> {
     match source {
         KeySource::ClientIp => None,
-        KeySource::Header(name) => {
-            lb_common::http::header(headers, name).filter(|v| !v.is_empty())
-        }
+        KeySource::Header(name) => lb_common::http::header(headers, name).filter(|v| !v.is_empty()),
         KeySource::Cookie(name) => headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
@@ -107,8 +105,14 @@ pub fn find_key<'h>(headers: &[httparse::Header<'h>], source: &KeySource) -> Opt
 }
 
 fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -126,27 +130,42 @@ mod tests {
     #[test]
     fn cookie_key_is_found_among_several_cookies() {
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; session=abc123 ; b=2\r\n\r\n";
-        assert_eq!(key(raw, &KeySource::Cookie("session".into())), Some(b"abc123".to_vec()));
+        assert_eq!(
+            key(raw, &KeySource::Cookie("session".into())),
+            Some(b"abc123".to_vec())
+        );
         assert_eq!(key(raw, &KeySource::Cookie("sess".into())), None);
     }
 
     #[test]
     fn cookie_key_is_found_in_a_second_cookie_header() {
         let raw = b"GET / HTTP/1.1\r\nCookie: a=1\r\ncookie: user=u7\r\n\r\n";
-        assert_eq!(key(raw, &KeySource::Cookie("user".into())), Some(b"u7".to_vec()));
+        assert_eq!(
+            key(raw, &KeySource::Cookie("user".into())),
+            Some(b"u7".to_vec())
+        );
     }
 
     #[test]
     fn header_key_is_case_insensitive_and_empty_means_none() {
         let raw = b"GET / HTTP/1.1\r\nx-user: bob\r\nX-Empty:\r\n\r\n";
-        assert_eq!(key(raw, &KeySource::Header("X-User".into())), Some(b"bob".to_vec()));
+        assert_eq!(
+            key(raw, &KeySource::Header("X-User".into())),
+            Some(b"bob".to_vec())
+        );
         assert_eq!(key(raw, &KeySource::Header("X-Empty".into())), None);
     }
 
     #[test]
     fn partial_and_non_http_heads_are_told_apart() {
         let src = KeySource::Cookie("s".into());
-        assert!(matches!(head_state(b"GET / HTTP/1.1\r\nHost:", &src), HeadState::Partial));
-        assert!(matches!(head_state(b"\x16\x03\x01\x02\x00", &src), HeadState::NotHttp));
+        assert!(matches!(
+            head_state(b"GET / HTTP/1.1\r\nHost:", &src),
+            HeadState::Partial
+        ));
+        assert!(matches!(
+            head_state(b"\x16\x03\x01\x02\x00", &src),
+            HeadState::NotHttp
+        ));
     }
 }

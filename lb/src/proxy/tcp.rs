@@ -51,8 +51,22 @@ pub async fn relay(
     let activity = Cell::new(Instant::now());
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
-    let up = copy_half(client_r, backend_w, Side::Client, Side::Backend, opts, &activity);
-    let down = copy_half(backend_r, client_w, Side::Backend, Side::Client, opts, &activity);
+    let up = copy_half(
+        client_r,
+        backend_w,
+        Side::Client,
+        Side::Backend,
+        opts,
+        &activity,
+    );
+    let down = copy_half(
+        backend_r,
+        client_w,
+        Side::Backend,
+        Side::Client,
+        opts,
+        &activity,
+    );
     let (to_backend, to_client) = monoio::try_join!(up, down)?;
     Ok(Relayed {
         to_backend,

@@ -6,6 +6,7 @@
 //! eligibility is this core's passive ejection state.
 
 pub mod load;
+pub mod pool;
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -18,6 +19,8 @@ use monoio::net::TcpStream;
 use crate::balance::{BackendSpec, Balancer, Candidate};
 use crate::config::{BackendConfig, Config};
 use load::LoadBoard;
+use pool::BackendPool;
+use std::rc::Rc;
 
 /// Immutable description of the backends plus their shared counters.
 pub struct Upstreams {
@@ -73,6 +76,7 @@ pub struct CoreUpstream {
     balancer: RefCell<Balancer>,
     candidates: RefCell<Vec<Candidate>>,
     local: Vec<LocalBackend>,
+    pools: Vec<Rc<BackendPool>>,
     connect_timeout: Duration,
     tries: u32,
     budget: Duration,
@@ -110,6 +114,18 @@ impl CoreUpstream {
             balancer: RefCell::new(balancer),
             candidates: RefCell::new(Candidate::all_eligible(&specs)),
             local: (0..n).map(|_| LocalBackend::default()).collect(),
+            pools: upstreams
+                .backends
+                .iter()
+                .map(|b| {
+                    BackendPool::new(
+                        b.address,
+                        config.pool_idle_per_backend,
+                        config.pool_max_age,
+                        config.connect_timeout,
+                    )
+                })
+                .collect(),
             upstreams,
             connect_timeout: config.connect_timeout,
             tries: config.retry_tries,
@@ -120,6 +136,13 @@ impl CoreUpstream {
 
     pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
+    }
+
+    /// Fills every backend's idle pool (no-op when the pool is off). Call inside the runtime.
+    pub fn warm_pools(&self) {
+        for p in &self.pools {
+            p.refill();
+        }
     }
 
     /// Chooses a backend, excluding those already tried. Borrows end before returning.
@@ -154,6 +177,13 @@ impl CoreUpstream {
                 tried[n_tried] = idx;
             }
             n_tried += 1;
+            let pool = &self.pools[idx];
+            if let Some(stream) = pool.take() {
+                pool.refill();
+                self.upstreams.board.opened(idx, self.core);
+                return Ok((stream, self.active(idx)));
+            }
+            pool.refill();
             let addr = self.upstreams.backends[idx].address;
             let remaining = self.budget.saturating_sub(start.elapsed());
             let limit = self.connect_timeout.min(remaining);
@@ -161,14 +191,7 @@ impl CoreUpstream {
                 Ok(stream) => {
                     self.record_success(idx, now);
                     self.upstreams.board.opened(idx, self.core);
-                    return Ok((
-                        stream,
-                        ActiveConn {
-                            upstreams: self.upstreams.clone(),
-                            backend: idx,
-                            core: self.core,
-                        },
-                    ));
+                    return Ok((stream, self.active(idx)));
                 }
                 Err(e) => {
                     self.record_failure(idx, &e);
@@ -186,6 +209,14 @@ impl CoreUpstream {
                 last_backend: self.upstreams.backends[idx].name.clone(),
                 last: e,
             }),
+        }
+    }
+
+    fn active(&self, backend: usize) -> ActiveConn {
+        ActiveConn {
+            upstreams: self.upstreams.clone(),
+            backend,
+            core: self.core,
         }
     }
 

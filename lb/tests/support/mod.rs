@@ -1,0 +1,166 @@
+//! Test support: start real `backend` and `lb` processes on loopback port 0 and talk to them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process killed (by PID, through its handle) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of a workspace binary. `cargo test --workspace` builds every binary before running tests;
+/// when a single package is tested, build the missing one.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if name == "lb" {
+        return PathBuf::from(env!("CARGO_BIN_EXE_lb"));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}
+
+/// Starts a process that prints `... listening on ADDR ...` as its first stdout line.
+pub fn start(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(workspace_bin(bin));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{bin} printed no address: {line:?}"))
+        .parse()
+        .unwrap();
+    Proc { child, addr }
+}
+
+pub fn backend(id: &str) -> Proc {
+    start("backend", &["--listen", "127.0.0.1:0", "--id", id], &[])
+}
+
+pub fn echo_backend() -> Proc {
+    start(
+        "backend",
+        &["--listen", "127.0.0.1:0", "--id", "echo", "--mode", "echo"],
+        &[],
+    )
+}
+
+/// Starts `lb` on port 0 in front of `backends` with extra arguments.
+pub fn lb(backends: &[&Proc], extra: &[&str]) -> Proc {
+    let list = backends
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args = vec!["--listen", "127.0.0.1:0", "--backend", &list];
+    args.extend_from_slice(extra);
+    start("lb", &args, &[])
+}
+
+/// Starts `lb` with a config file written from `toml` (backends appended by the caller).
+pub fn lb_with_config(toml: &str, extra: &[&str]) -> (Proc, tempfile_path::TempPath) {
+    let path = tempfile_path::TempPath::new("lb-test", "toml");
+    std::fs::write(&path.0, toml).unwrap();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        path.0.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (start("lb", &args, &[]), path)
+}
+
+pub mod tempfile_path {
+    /// A file path removed when dropped.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn new(prefix: &str, ext: &str) -> TempPath {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static N: AtomicU64 = AtomicU64::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            TempPath(
+                std::env::temp_dir().join(format!("{prefix}-{}-{n}.{ext}", std::process::id())),
+            )
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// One request on a new connection, from `source_ip` if given; returns the `X-Server-Id`.
+pub fn request_id(
+    addr: SocketAddr,
+    source_ip: Option<&str>,
+    headers: &str,
+) -> std::io::Result<String> {
+    let mut s = match source_ip {
+        None => TcpStream::connect_timeout(&addr, Duration::from_secs(5))?,
+        Some(ip) => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            let local: SocketAddr = format!("{ip}:0").parse().unwrap();
+            sock.bind(&local.into())?;
+            sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            sock.into()
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp);
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("bad response: {text:?}")));
+    }
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-server-id")
+                .then(|| v.trim().to_string())
+        })
+        .ok_or_else(|| std::io::Error::other("no X-Server-Id"))
+}
