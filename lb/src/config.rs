@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::balance::{Algorithm, HashConfig, HashFn};
+use crate::control::replicas::{
+    default_specs, ReplicaSpec, DEFAULT_REPLICAS, DEFAULT_REPLICA_BASE_PORT,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_CORES: usize = 1;
@@ -200,6 +203,8 @@ pub struct Config {
     pub pin: bool,
     pub algorithm: Algorithm,
     pub backends: Vec<BackendConfig>,
+    /// Local `backend` processes to start and supervise (the default when none is configured).
+    pub replicas: Vec<ReplicaSpec>,
     pub key: KeySource,
     pub hash: HashConfig,
     pub connect_timeout: Duration,
@@ -274,11 +279,19 @@ impl Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        // No backend anywhere: the built-in default is a set of local replicas that lb starts.
+        let mut replicas = Vec::new();
+        let mut backends = backends;
         if backends.is_empty() {
-            return Err(invalid(
-                "backends",
-                "no backends configured: add [[backends]] entries to the file, set BACKEND_SERVERS=host:port,host:port or pass --backend host:port",
-            ));
+            replicas = default_specs(DEFAULT_REPLICAS, DEFAULT_REPLICA_BASE_PORT);
+            backends = replicas
+                .iter()
+                .map(|r| BackendConfig {
+                    name: r.id.clone(),
+                    address: r.addr,
+                    weight: DEFAULT_WEIGHT,
+                })
+                .collect();
         }
         for (i, b) in backends.iter().enumerate() {
             if backends[..i].iter().any(|o| o.name == b.name) {
@@ -390,6 +403,7 @@ impl Config {
             pin: over.pin.or(file.pin).unwrap_or(false),
             algorithm,
             backends,
+            replicas,
             key,
             hash,
             connect_timeout,

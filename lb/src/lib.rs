@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod proxy;
 pub mod runtime;
 pub mod upstream;

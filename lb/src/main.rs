@@ -9,6 +9,8 @@ use lb::config::{Config, FileConfig, Overrides};
 ///
 /// Sources, later overriding earlier: the TOML file (--config), the environment (ALGORITHM,
 /// BACKEND_SERVERS=host:port,host:port, HOST, PORT), then these flags.
+/// With no backend configured anywhere, lb starts three local `backend` replicas on
+/// 127.0.0.1:9001-9003 and restarts any that exits.
 /// Logging: RUST_LOG (default info), e.g. RUST_LOG=debug.
 #[derive(Parser, Debug)]
 #[command(name = "lb", version, about, long_about = None)]
@@ -54,18 +56,47 @@ fn main() {
     };
     if args.check_config {
         println!(
-            "configuration OK: listen {}, {} core(s), algorithm {}, {} backend(s)",
+            "configuration OK: listen {}, {} core(s), algorithm {}, {} backend(s){}",
             config.listen,
             config.cores,
             config.algorithm.name(),
-            config.backends.len()
+            config.backends.len(),
+            if config.replicas.is_empty() { "" } else { " (local replicas lb starts itself)" }
         );
         return;
+    }
+    if !config.replicas.is_empty() {
+        if let Err(e) = start_replicas(&config) {
+            eprintln!("lb: {e}");
+            std::process::exit(1);
+        }
     }
     if let Err(e) = lb::runtime::launch(config) {
         eprintln!("lb: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
+fn start_replicas(config: &Config) -> Result<(), String> {
+    use lb::control::replicas;
+    let binary = replicas::backend_binary()?;
+    tracing::info!(
+        count = config.replicas.len(),
+        "no backend configured: starting local backend replicas (pass --backend or BACKEND_SERVERS to use your own)"
+    );
+    replicas::start(binary, config.replicas.clone()).map_err(|e| format!("cannot start local replicas: {e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for r in &config.replicas {
+        while std::net::TcpStream::connect_timeout(&r.addr, std::time::Duration::from_millis(200)).is_err() {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(id = %r.id, addr = %r.addr, "replica not listening yet; lb skips it until it is");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {

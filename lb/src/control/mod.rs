@@ -1,0 +1,3 @@
+//! Control plane: everything that is not on the data path.
+
+pub mod replicas;

@@ -1,0 +1,146 @@
+//! Local backend replicas that `lb` starts and supervises: the built-in default when no backend
+//! is configured, so that one command gives a working balancer on a fresh machine.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Replicas started when no backend is configured.
+pub const DEFAULT_REPLICAS: usize = 3;
+pub const DEFAULT_REPLICA_BASE_PORT: u16 = 9001;
+const POLL: Duration = Duration::from_millis(200);
+/// A replica that exits sooner than this after starting is restarted with a growing delay.
+const QUICK_EXIT: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    pub id: String,
+    pub addr: SocketAddr,
+}
+
+/// The default set: `s1..sN` on consecutive loopback ports.
+pub fn default_specs(count: usize, base_port: u16) -> Vec<ReplicaSpec> {
+    (0..count)
+        .map(|i| ReplicaSpec {
+            id: format!("s{}", i + 1),
+            addr: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)),
+        })
+        .collect()
+}
+
+/// The `backend` binary: `LB_BACKEND_BIN`, else next to the running `lb`.
+pub fn backend_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LB_BACKEND_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let path = exe.with_file_name("backend");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no backend configured and no `backend` binary at {} to start local replicas: build it with `cargo build --release` or pass --backend host:port",
+            path.display()
+        ))
+    }
+}
+
+struct Replica {
+    spec: ReplicaSpec,
+    child: Option<Child>,
+    started: Instant,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+}
+
+/// Starts the replicas and a thread that restarts any that exits. Children get SIGTERM when
+/// `lb` dies (PR_SET_PDEATHSIG), so none is left behind.
+pub fn start(binary: PathBuf, specs: Vec<ReplicaSpec>) -> std::io::Result<()> {
+    let mut replicas = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let child = spawn(&binary, &spec)?;
+        tracing::info!(id = %spec.id, addr = %spec.addr, pid = child.id(), "started local backend replica");
+        replicas.push(Replica {
+            spec,
+            child: Some(child),
+            started: Instant::now(),
+            backoff: Duration::from_millis(100),
+            restart_at: None,
+        });
+    }
+    std::thread::Builder::new()
+        .name("lb-replicas".into())
+        .spawn(move || supervise(binary, replicas))?;
+    Ok(())
+}
+
+fn spawn(binary: &PathBuf, spec: &ReplicaSpec) -> std::io::Result<Child> {
+    let mut cmd = Command::new(binary);
+    cmd.args(["--listen", &spec.addr.to_string(), "--id", &spec.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn supervise(binary: PathBuf, mut replicas: Vec<Replica>) {
+    loop {
+        std::thread::sleep(POLL);
+        let now = Instant::now();
+        for r in &mut replicas {
+            if let Some(child) = &mut r.child {
+                match child.try_wait() {
+                    Ok(None) => continue,
+                    Ok(Some(status)) => {
+                        let quick = now.duration_since(r.started) < QUICK_EXIT;
+                        r.backoff = if quick { (r.backoff * 2).min(MAX_BACKOFF) } else { Duration::from_millis(100) };
+                        tracing::warn!(id = %r.spec.id, %status, restart_in_ms = r.backoff.as_millis() as u64, "local backend replica exited; restarting it");
+                        r.child = None;
+                        r.restart_at = Some(now + r.backoff);
+                    }
+                    Err(e) => tracing::warn!(id = %r.spec.id, error = %e, "cannot check replica"),
+                }
+            }
+            if r.child.is_none() && r.restart_at.is_some_and(|t| now >= t) {
+                match spawn(&binary, &r.spec) {
+                    Ok(child) => {
+                        tracing::info!(id = %r.spec.id, addr = %r.spec.addr, pid = child.id(), "restarted local backend replica");
+                        r.child = Some(child);
+                        r.started = now;
+                        r.restart_at = None;
+                    }
+                    Err(e) => {
+                        r.backoff = (r.backoff * 2).min(MAX_BACKOFF);
+                        r.restart_at = Some(now + r.backoff);
+                        tracing::error!(id = %r.spec.id, error = %e, "cannot restart replica");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_replicas_are_on_consecutive_loopback_ports() {
+        let s = default_specs(3, 9001);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[2].id, "s3");
+        assert_eq!(s[2].addr.to_string(), "127.0.0.1:9003");
+    }
+}
