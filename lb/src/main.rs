@@ -61,7 +61,11 @@ fn main() {
             config.cores,
             config.algorithm.name(),
             config.backends.len(),
-            if config.replicas.is_empty() { "" } else { " (local replicas lb starts itself)" }
+            if config.replicas.is_empty() {
+                ""
+            } else {
+                " (local replicas lb starts itself)"
+            }
         );
         return;
     }
@@ -85,10 +89,13 @@ fn start_replicas(config: &Config) -> Result<(), String> {
         count = config.replicas.len(),
         "no backend configured: starting local backend replicas (pass --backend or BACKEND_SERVERS to use your own)"
     );
-    replicas::start(binary, config.replicas.clone()).map_err(|e| format!("cannot start local replicas: {e}"))?;
+    replicas::start(binary, config.replicas.clone())
+        .map_err(|e| format!("cannot start local replicas: {e}"))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for r in &config.replicas {
-        while std::net::TcpStream::connect_timeout(&r.addr, std::time::Duration::from_millis(200)).is_err() {
+        while std::net::TcpStream::connect_timeout(&r.addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
             if std::time::Instant::now() > deadline {
                 tracing::warn!(id = %r.id, addr = %r.addr, "replica not listening yet; lb skips it until it is");
                 break;

@@ -105,7 +105,11 @@ fn supervise(binary: PathBuf, mut replicas: Vec<Replica>) {
                     Ok(None) => continue,
                     Ok(Some(status)) => {
                         let quick = now.duration_since(r.started) < QUICK_EXIT;
-                        r.backoff = if quick { (r.backoff * 2).min(MAX_BACKOFF) } else { Duration::from_millis(100) };
+                        r.backoff = if quick {
+                            (r.backoff * 2).min(MAX_BACKOFF)
+                        } else {
+                            Duration::from_millis(100)
+                        };
                         tracing::warn!(id = %r.spec.id, %status, restart_in_ms = r.backoff.as_millis() as u64, "local backend replica exited; restarting it");
                         r.child = None;
                         r.restart_at = Some(now + r.backoff);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
@@ -43,10 +44,12 @@ pub async fn peek_key(
         if bytes.capacity() == bytes.len() {
             bytes.reserve((bytes.len()).min(max_head - bytes.len()).max(512));
         }
-        let read = monoio::time::timeout_at(deadline, client.read(bytes)).await;
+        // monoio reads into a Vec from its start: read into the spare capacity instead.
+        let filled = bytes.len();
+        let read = monoio::time::timeout_at(deadline, client.read(bytes.slice_mut(filled..))).await;
         match read {
-            Ok((res, b)) => {
-                bytes = b;
+            Ok((res, slice)) => {
+                bytes = slice.into_inner();
                 if res? == 0 {
                     return Ok(Peeked { bytes, key: None });
                 }
