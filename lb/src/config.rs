@@ -73,6 +73,15 @@ pub struct FileConfig {
     pub retry: FileRetry,
     #[serde(default)]
     pub pool: FilePool,
+    #[serde(default)]
+    pub replicas: FileReplicas,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplicas {
+    pub count: Option<usize>,
+    pub base_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,7 +292,21 @@ impl Config {
         let mut replicas = Vec::new();
         let mut backends = backends;
         if backends.is_empty() {
-            replicas = default_specs(DEFAULT_REPLICAS, DEFAULT_REPLICA_BASE_PORT);
+            let count = file.replicas.count.unwrap_or(DEFAULT_REPLICAS);
+            let base = file.replicas.base_port.unwrap_or(DEFAULT_REPLICA_BASE_PORT);
+            if count == 0 {
+                return Err(invalid(
+                    "backends",
+                    "no backends configured and replicas.count = 0: add [[backends]] entries, set BACKEND_SERVERS=host:port,host:port or pass --backend host:port",
+                ));
+            }
+            if count > 64 || base == 0 || base as usize + count > 65536 {
+                return Err(invalid(
+                    "replicas",
+                    format!("count {count} from base_port {base} does not fit: use 1..64 replicas on ports that exist"),
+                ));
+            }
+            replicas = default_specs(count, base);
             backends = replicas
                 .iter()
                 .map(|r| BackendConfig {
