@@ -274,14 +274,14 @@ def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=()
 HAPROXY_CONF = """
 global
     nbthread {threads}
-    maxconn 19000
+    maxconn 9000
     log stderr format raw local0 emerg
 defaults
     mode tcp
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    maxconn 19000
+    maxconn 9000
 frontend f
     bind 127.0.0.1:{port}
     default_backend b
