@@ -265,9 +265,13 @@ def backend_proc(port, cpu, server_id, cores=1, extra=()):
     return Server(f"backend-{server_id}", argv, port, cpu=cpu)
 
 
-def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=()):
+def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None):
     argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores),
             "--algorithm", algorithm, "--backend", ",".join(f"127.0.0.1:{p}" for p in backend_ports), *extra]
+    if pool or relay_mode:
+        conf = tmpdir("bench-lb-") / "lb.toml"
+        conf.write_text(f"[pool]\nidle_per_backend = {pool}\n[relay]\nmode = \"{relay_mode or 'readiness'}\"\n")
+        argv += ["--config", str(conf)]
     return Server("lb", argv, port, cpu=cpu, env={"RUST_LOG": "warn"})
 
 

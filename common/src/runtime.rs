@@ -250,6 +250,36 @@ mod tests {
         assert_eq!(out, vec![0, 10]);
     }
 
+    /// A worker that panics must end the whole process (exit 70), never leave the others running.
+    /// The test re-runs itself as a child process that does the panicking.
+    #[test]
+    fn a_panicking_worker_ends_the_process_with_exit_70() {
+        if std::env::var_os("LB_COMMON_PANIC_CHILD").is_some() {
+            let opts = WorkerOpts::new("t-dying", 2);
+            let _ = run_workers(&opts, |ctx| async move {
+                if ctx.index == 1 {
+                    panic!("deliberate worker panic");
+                }
+                // The healthy worker would run forever; the dying one must stop the process.
+                monoio::time::sleep(std::time::Duration::from_secs(30)).await;
+            });
+            unreachable!("run_workers returned although a worker panicked");
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "runtime::tests::a_panicking_worker_ends_the_process_with_exit_70",
+                "--nocapture",
+            ])
+            .env("LB_COMMON_PANIC_CHILD", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(70), "{stderr}");
+        assert!(stderr.contains("worker t-dying-1 died"), "{stderr}");
+    }
+
     #[test]
     fn timers_work_inside_block_on() {
         let t = std::time::Instant::now();

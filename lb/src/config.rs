@@ -113,6 +113,7 @@ pub struct FileTimeouts {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRelay {
+    pub mode: Option<String>,
     pub buffer_size: Option<usize>,
     pub max_head: Option<usize>,
     pub backlog: Option<i32>,
@@ -198,6 +199,18 @@ impl KeySource {
     }
 }
 
+/// How bytes are moved; see `proxy::readiness` and `proxy::tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// io_uring poll for readiness, then non-blocking recv/send through a per-core buffer:
+    /// idle connections hold no buffer.
+    Readiness,
+    /// io_uring recv/send with a buffer committed to every pending read.
+    Completion,
+}
+
+pub const DEFAULT_RELAY_MODE: RelayMode = RelayMode::Completion;
+
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
     pub name: String,
@@ -219,6 +232,7 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub peek_timeout: Duration,
+    pub relay_mode: RelayMode,
     pub buffer_size: usize,
     pub max_head: usize,
     pub backlog: i32,
@@ -375,6 +389,17 @@ impl Config {
                 format!("must be between {MIN_BUFFER_SIZE} and 16777216 bytes (got {buffer_size})"),
             ));
         }
+        let relay_mode = match file.relay.mode.as_deref() {
+            None => DEFAULT_RELAY_MODE,
+            Some("readiness") => RelayMode::Readiness,
+            Some("completion") => RelayMode::Completion,
+            Some(other) => {
+                return Err(invalid(
+                    "relay.mode",
+                    format!("'{other}' is not a relay mode: use \"readiness\" or \"completion\""),
+                ))
+            }
+        };
         let max_head = file.relay.max_head.unwrap_or(DEFAULT_MAX_HEAD);
         if !(256..=1024 * 1024).contains(&max_head) {
             return Err(invalid(
@@ -432,6 +457,7 @@ impl Config {
             connect_timeout,
             idle_timeout,
             peek_timeout,
+            relay_mode,
             buffer_size,
             max_head,
             backlog,
@@ -569,12 +595,49 @@ mod tests {
     }
 
     #[test]
-    fn no_backends_is_an_error_that_says_how_to_add_them() {
-        let e = build("", Overrides::default()).unwrap_err().to_string();
+    fn no_backends_means_local_replicas_unless_their_count_is_zero() {
+        let c = build("", Overrides::default()).unwrap();
+        assert_eq!(c.replicas.len(), 3);
+        assert_eq!(c.backends.len(), 3);
+        assert_eq!(c.backends[0].address.to_string(), "127.0.0.1:9001");
+        assert!(build(TWO, Overrides::default())
+            .unwrap()
+            .replicas
+            .is_empty());
+        let c = build(
+            "[replicas]\ncount = 2\nbase_port = 7000\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backends[1].address.to_string(), "127.0.0.1:7001");
+        let e = build("[replicas]\ncount = 0\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("backends") && e.contains("BACKEND_SERVERS"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn relay_mode_is_checked() {
+        assert_eq!(
+            build(TWO, Overrides::default()).unwrap().relay_mode,
+            DEFAULT_RELAY_MODE
+        );
+        let c = build(
+            &format!("{TWO}\n[relay]\nmode = \"readiness\"\n"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.relay_mode, RelayMode::Readiness);
+        let e = build(
+            &format!("{TWO}\n[relay]\nmode = \"splice\"\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("relay.mode"), "{e}");
     }
 
     #[test]

@@ -12,9 +12,11 @@ use lb_common::task::spawn_guarded;
 use monoio::net::TcpStream;
 
 use crate::balance::{key_from_bytes, key_from_ip};
-use crate::config::{Config, KeySource};
+use crate::config::{Config, KeySource, RelayMode};
 use crate::proxy::http::peek_key;
-use crate::proxy::tcp::{relay, RelayOpts};
+use crate::proxy::idle::IdleTimer;
+use crate::proxy::readiness::{self, Scratch};
+use crate::proxy::tcp::{self, RelayOpts};
 use crate::upstream::{CoreUpstream, Upstreams};
 
 /// Everything a worker needs, shared read-only between cores.
@@ -65,6 +67,8 @@ struct Core {
     shared: Arc<Shared>,
     upstream: CoreUpstream,
     relay: RelayOpts,
+    scratch: Scratch,
+    idle: Rc<IdleTimer>,
 }
 
 async fn worker(ctx: WorkerCtx, listener: StdListener, shared: Arc<Shared>) {
@@ -80,6 +84,8 @@ async fn worker(ctx: WorkerCtx, listener: StdListener, shared: Arc<Shared>) {
             max_buffer: shared.config.buffer_size,
             idle_timeout: shared.config.idle_timeout,
         },
+        scratch: Scratch::new(shared.config.buffer_size),
+        idle: IdleTimer::new(shared.config.idle_timeout),
         shared,
     });
     core.upstream.warm_pools();
@@ -110,7 +116,16 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     } else {
         match &cfg.key {
             KeySource::ClientIp => Some(key_from_ip(&cfg.hash, peer.ip())),
-            source => match peek_key(&mut client, source, cfg.max_head, cfg.peek_timeout).await {
+            // Boxed, like the connect below: short-lived states kept out of the connection's
+            // long-lived future, which every idle connection pays for.
+            source => match Box::pin(peek_key(
+                &mut client,
+                source,
+                cfg.max_head,
+                cfg.peek_timeout,
+            ))
+            .await
+            {
                 Ok(p) => {
                     let key = p.key_bytes().map(|k| key_from_bytes(&cfg.hash, k));
                     replay = Some(p.bytes);
@@ -123,7 +138,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
             },
         }
     };
-    let (mut backend, active) = match core.upstream.connect(key).await {
+    let (mut backend, active) = match Box::pin(core.upstream.connect(key)).await {
         Ok(x) => x,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "no backend for client; closing it");
@@ -132,14 +147,30 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     };
     if let Some(bytes) = replay.filter(|b| !b.is_empty()) {
         use monoio::io::AsyncWriteRentExt;
-        let (res, _) = backend.write_all(bytes).await;
+        let (res, _) = Box::pin(backend.write_all(bytes)).await;
         if let Err(e) = res {
             tracing::debug!(%peer, error = %e, "backend failed while replaying the peeked head");
             return;
         }
     }
     let backend_idx = active.backend();
-    match relay(client, backend, core.relay).await {
+    let idle = core.idle.register();
+    let result = match cfg.relay_mode {
+        // Boxed: each mode's future is allocated at its own size instead of the connection
+        // carrying the larger of the two.
+        RelayMode::Readiness => {
+            Box::pin(readiness::relay(
+                client,
+                backend,
+                core.relay,
+                &core.scratch,
+                &idle,
+            ))
+            .await
+        }
+        RelayMode::Completion => Box::pin(tcp::relay(client, backend, core.relay, &idle)).await,
+    };
+    match result {
         Ok(r) => {
             tracing::trace!(%peer, backend = backend_idx, up = r.to_backend, down = r.to_client, "connection done")
         }

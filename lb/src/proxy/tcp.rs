@@ -1,16 +1,17 @@
 //! The L4 relay: one read/write loop per direction, half-close propagated, either error ends both.
 
-use std::cell::Cell;
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
+use super::idle::IdleGuard;
+
 /// Buffers start this small so that thousands of idle connections cost little memory; a read that
 /// fills the buffer doubles it, up to the configured maximum, so bulk transfers quickly get large
 /// reads.
-pub const INITIAL_BUFFER: usize = 1024;
+pub const INITIAL_BUFFER: usize = 512;
 
 /// Which side of the proxy an I/O error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,27 +48,16 @@ pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     opts: RelayOpts,
+    idle: &IdleGuard,
 ) -> Result<Relayed, RelayError> {
-    let activity = Cell::new(Instant::now());
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
-    let up = copy_half(
-        client_r,
-        backend_w,
-        Side::Client,
-        Side::Backend,
-        opts,
-        &activity,
-    );
-    let down = copy_half(
-        backend_r,
-        client_w,
-        Side::Backend,
-        Side::Client,
-        opts,
-        &activity,
-    );
-    let (to_backend, to_client) = monoio::try_join!(up, down)?;
+    let (to_backend, to_client) = super::until_idle(
+        copy_half(client_r, backend_w, Side::Client, Side::Backend, opts, idle),
+        copy_half(backend_r, client_w, Side::Backend, Side::Client, opts, idle),
+        idle,
+    )
+    .await?;
     Ok(Relayed {
         to_backend,
         to_client,
@@ -80,27 +70,13 @@ async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
     from_side: Side,
     to_side: Side,
     opts: RelayOpts,
-    activity: &Cell<Instant>,
+    idle: &IdleGuard,
 ) -> Result<u64, RelayError> {
     let mut cap = INITIAL_BUFFER.min(opts.max_buffer);
     let mut buf: Vec<u8> = Vec::with_capacity(cap);
     let mut total = 0u64;
     loop {
-        let (res, b) = match monoio::time::timeout(opts.idle_timeout, from.read(buf)).await {
-            Ok(r) => r,
-            Err(_) => {
-                // The read (and its buffer) was cancelled. Only give up if the other direction
-                // was idle too: a long download with a silent client is not idle.
-                if activity.get().elapsed() < opts.idle_timeout {
-                    buf = Vec::with_capacity(cap);
-                    continue;
-                }
-                return Err(RelayError {
-                    side: from_side,
-                    source: io::Error::new(io::ErrorKind::TimedOut, "idle timeout"),
-                });
-            }
-        };
+        let (res, b) = from.read(buf).await;
         buf = b;
         let n = res.map_err(|source| RelayError {
             side: from_side,
@@ -111,7 +87,7 @@ async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
             let _ = to.shutdown().await;
             return Ok(total);
         }
-        activity.set(Instant::now());
+        idle.touch();
         let (res, b) = to.write_all(buf).await;
         buf = b;
         res.map_err(|source| RelayError {

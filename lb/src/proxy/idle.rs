@@ -1,0 +1,202 @@
+//! Idle timeouts for thousands of connections without a timer each.
+//!
+//! A monoio timer is 640 bytes; one per connection was most of an idle connection's memory.
+//! Instead each core keeps a slab of last-activity times and one sweeper task that wakes the
+//! connections idle for longer than the timeout.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+struct Entry {
+    last: Instant,
+    fired: bool,
+    waker: Option<Waker>,
+}
+
+/// One per core.
+pub struct IdleTimer {
+    idle: Duration,
+    entries: RefCell<Slab<Entry>>,
+    sweeping: Cell<bool>,
+}
+
+impl IdleTimer {
+    pub fn new(idle: Duration) -> Rc<IdleTimer> {
+        Rc::new(IdleTimer {
+            idle,
+            entries: RefCell::new(Slab::new()),
+            sweeping: Cell::new(false),
+        })
+    }
+
+    /// Registers a connection; it is idle from now on until touched. Starts the sweeper on first
+    /// use (it must run inside the runtime).
+    pub fn register(self: &Rc<Self>) -> IdleGuard {
+        let key = self.entries.borrow_mut().insert(Entry {
+            last: Instant::now(),
+            fired: false,
+            waker: None,
+        });
+        if !self.sweeping.replace(true) {
+            lb_common::task::spawn_guarded("idle-sweeper", sweep(self.clone()));
+        }
+        IdleGuard {
+            timer: self.clone(),
+            key,
+        }
+    }
+
+    /// How often the sweeper looks: a timeout fires at most this much late.
+    fn tick(&self) -> Duration {
+        (self.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+async fn sweep(timer: Rc<IdleTimer>) {
+    loop {
+        monoio::time::sleep(timer.tick()).await;
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (_, e) in timer.entries.borrow_mut().iter_mut() {
+            if !e.fired && now.duration_since(e.last) >= timer.idle {
+                e.fired = true;
+                due.extend(e.waker.take());
+            }
+        }
+        // Wake outside the borrow: a woken task may run and touch the slab.
+        due.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// A connection's registration; dropping it unregisters.
+pub struct IdleGuard {
+    timer: Rc<IdleTimer>,
+    key: usize,
+}
+
+impl IdleGuard {
+    /// Bytes moved: the connection is not idle.
+    pub fn touch(&self) {
+        if let Some(e) = self.timer.entries.borrow_mut().get_mut(self.key) {
+            e.last = Instant::now();
+        }
+    }
+
+    /// Resolves once the connection has been idle for the timeout.
+    pub fn expired(&self) -> Expired<'_> {
+        Expired { guard: self }
+    }
+}
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.timer.entries.borrow_mut().try_remove(self.key);
+    }
+}
+
+pub struct Expired<'a> {
+    guard: &'a IdleGuard,
+}
+
+impl Future for Expired<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut entries = self.guard.timer.entries.borrow_mut();
+        let Some(e) = entries.get_mut(self.guard.key) else {
+            return Poll::Ready(());
+        };
+        if e.fired {
+            return Poll::Ready(());
+        }
+        if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            e.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Polls `work` until it ends, or until `stop` resolves first (then `work` is dropped, which
+/// cancels its pending I/O). Hand-written so that it adds nothing to the connection's size.
+pub struct Until<F, S> {
+    work: F,
+    stop: S,
+}
+
+impl<F: Future, S: Future<Output = ()>> Until<F, S> {
+    pub fn new(work: F, stop: S) -> Self {
+        Until { work, stop }
+    }
+}
+
+impl<F: Future, S: Future<Output = ()>> Future for Until<F, S> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning; neither field is moved out while pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        let work = unsafe { Pin::new_unchecked(&mut this.work) };
+        if let Poll::Ready(v) = work.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let stop = unsafe { Pin::new_unchecked(&mut this.stop) };
+        stop.poll(cx).map(|()| None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_untouched_connection_expires_and_a_touched_one_does_not() {
+        let (idle_fired, busy_fired) = lb_common::runtime::block_on(|| async {
+            let timer = IdleTimer::new(Duration::from_millis(100));
+            let idle = timer.register();
+            let busy = timer.register();
+            let busy_fired = Rc::new(Cell::new(false));
+            let bf = busy_fired.clone();
+            let start = Instant::now();
+            // Keep `busy` active for 300 ms while `idle` sits still.
+            let work = async {
+                while start.elapsed() < Duration::from_millis(300) {
+                    busy.touch();
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let r = Until::new(work, async {
+                busy.expired().await;
+                bf.set(true);
+            })
+            .await;
+            assert!(r.is_some());
+            let waited =
+                Until::new(monoio::time::sleep(Duration::from_secs(5)), idle.expired()).await;
+            (waited.is_none(), busy_fired.get())
+        });
+        assert!(
+            idle_fired,
+            "the idle connection must expire well before 5 s"
+        );
+        assert!(
+            !busy_fired,
+            "a connection touched every 20 ms must not expire"
+        );
+    }
+
+    #[test]
+    fn dropping_a_guard_unregisters_it() {
+        lb_common::runtime::block_on(|| async {
+            let timer = IdleTimer::new(Duration::from_secs(60));
+            let a = timer.register();
+            drop(a);
+            assert_eq!(timer.entries.borrow().len(), 0);
+        });
+    }
+}
