@@ -4,5 +4,6 @@ pub mod http;
 pub mod logging;
 pub mod net;
 pub mod runtime;
+pub mod signals;
 pub mod sysinfo;
 pub mod task;

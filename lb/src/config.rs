@@ -28,6 +28,17 @@ pub const MIN_BUFFER_SIZE: usize = 1024;
 pub const DEFAULT_RETRY_TRIES: u32 = 3;
 pub const DEFAULT_RETRY_BUDGET_MS: u64 = 3_000;
 pub const DEFAULT_EJECT_MS: u64 = 2_000;
+pub const DEFAULT_EJECT_MAX_MS: u64 = 30_000;
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+pub const DEFAULT_HEALTH_STATUS: u16 = 200;
+pub const DEFAULT_SLOW_START_MS: u64 = 10_000;
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+pub const DEFAULT_INTERRUPT_GRACE_MS: u64 = 2_000;
 pub const DEFAULT_MAX_HEAD: usize = lb_common::http::DEFAULT_MAX_HEAD;
 pub const DEFAULT_BACKLOG: i32 = lb_common::net::DEFAULT_BACKLOG;
 pub const DEFAULT_POOL_IDLE_PER_BACKEND: usize = 0;
@@ -75,6 +86,38 @@ pub struct FileConfig {
     pub pool: FilePool,
     #[serde(default)]
     pub replicas: FileReplicas,
+    #[serde(default)]
+    pub health: FileHealth,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub shutdown: FileShutdown,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub check: Option<String>,
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub slow_start_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileShutdown {
+    pub grace_ms: Option<u64>,
+    pub interrupt_grace_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +168,7 @@ pub struct FileRetry {
     pub tries: Option<u32>,
     pub budget_ms: Option<u64>,
     pub eject_ms: Option<u64>,
+    pub eject_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +188,7 @@ pub struct Overrides {
     pub algorithm: Option<String>,
     pub cores: Option<usize>,
     pub pin: Option<bool>,
+    pub admin: Option<String>,
 }
 
 impl Overrides {
@@ -159,6 +204,7 @@ impl Overrides {
             algorithm: get("ALGORITHM"),
             cores: None,
             pin: None,
+            admin: None,
         }
     }
 
@@ -172,6 +218,7 @@ impl Overrides {
             algorithm: later.algorithm.or(self.algorithm),
             cores: later.cores.or(self.cores),
             pin: later.pin.or(self.pin),
+            admin: later.admin.or(self.admin),
         }
     }
 }
@@ -197,6 +244,25 @@ impl KeySource {
     pub fn needs_http(&self) -> bool {
         !matches!(self, KeySource::ClientIp)
     }
+}
+
+/// Active health checks, run once per process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    None,
+    Tcp,
+    Http { path: String, expect_status: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    pub fall: u32,
 }
 
 /// How bytes are moved; see `proxy::readiness` and `proxy::tcp`.
@@ -239,6 +305,14 @@ pub struct Config {
     pub retry_tries: u32,
     pub retry_budget: Duration,
     pub eject: Duration,
+    pub eject_max: Duration,
+    pub health: HealthConfig,
+    /// 0 turns slow start off.
+    pub slow_start: Duration,
+    /// None: no admin listener.
+    pub admin: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub interrupt_grace: Duration,
     pub pool_idle_per_backend: usize,
     pub pool_max_age: Duration,
     /// The file this came from, for reloads.
@@ -428,6 +502,83 @@ impl Config {
             DEFAULT_RETRY_BUDGET_MS,
         )?;
         let eject = millis("retry.eject_ms", file.retry.eject_ms, DEFAULT_EJECT_MS)?;
+        let eject_max = millis(
+            "retry.eject_max_ms",
+            file.retry.eject_max_ms,
+            DEFAULT_EJECT_MAX_MS,
+        )?;
+        if eject_max < eject {
+            return Err(invalid(
+                "retry.eject_max_ms",
+                format!("must be at least retry.eject_ms ({} ms)", eject.as_millis()),
+            ));
+        }
+
+        let h = &file.health;
+        let check = match h.check.as_deref().unwrap_or("tcp") {
+            "none" => HealthCheck::None,
+            "tcp" => HealthCheck::Tcp,
+            "http" => {
+                let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+                if !path.starts_with('/')
+                    || path
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                {
+                    return Err(invalid("health.path", format!("'{path}' is not a request path: it must start with / and have no spaces")));
+                }
+                let expect_status = h.expect_status.unwrap_or(DEFAULT_HEALTH_STATUS);
+                if !(100..=599).contains(&expect_status) {
+                    return Err(invalid(
+                        "health.expect_status",
+                        format!("must be an HTTP status 100-599 (got {expect_status})"),
+                    ));
+                }
+                HealthCheck::Http {
+                    path,
+                    expect_status,
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "health.check",
+                    format!("'{other}' is not a check: use \"none\", \"tcp\" or \"http\""),
+                ))
+            }
+        };
+        let health = HealthConfig {
+            check,
+            interval: millis(
+                "health.interval_ms",
+                h.interval_ms,
+                DEFAULT_HEALTH_INTERVAL_MS,
+            )?,
+            timeout: millis("health.timeout_ms", h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS)?,
+            rise: count("health.rise", h.rise, DEFAULT_HEALTH_RISE)?,
+            fall: count("health.fall", h.fall, DEFAULT_HEALTH_FALL)?,
+        };
+        let slow_start = match h.slow_start_ms {
+            Some(0) => Duration::ZERO,
+            v => millis("health.slow_start_ms", v, DEFAULT_SLOW_START_MS)?,
+        };
+        let admin = match over.admin.clone().or(file.admin.listen.clone()).as_deref() {
+            Some("off") => None,
+            Some(a) => Some(
+                lb_common::net::parse_addr(a)
+                    .map_err(|e| invalid("admin.listen", format!("{e}; or \"off\"")))?,
+            ),
+            None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default")),
+        };
+        let shutdown_grace = millis(
+            "shutdown.grace_ms",
+            file.shutdown.grace_ms,
+            DEFAULT_SHUTDOWN_GRACE_MS,
+        )?;
+        let interrupt_grace = millis(
+            "shutdown.interrupt_grace_ms",
+            file.shutdown.interrupt_grace_ms,
+            DEFAULT_INTERRUPT_GRACE_MS,
+        )?;
 
         let pool_idle_per_backend = file
             .pool
@@ -464,6 +615,12 @@ impl Config {
             retry_tries,
             retry_budget,
             eject,
+            eject_max,
+            health,
+            slow_start,
+            admin,
+            shutdown_grace,
+            interrupt_grace,
             pool_idle_per_backend,
             pool_max_age,
             source,
@@ -550,6 +707,14 @@ fn parse_key(k: &str) -> Result<KeySource, ConfigError> {
         "header" => Ok(KeySource::Header(name.to_string())),
         _ => Err(bad()),
     }
+}
+
+fn count(key: &str, v: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    let n = v.unwrap_or(default);
+    if !(1..=100).contains(&n) {
+        return Err(invalid(key, format!("must be between 1 and 100 (got {n})")));
+    }
+    Ok(n)
 }
 
 fn millis(key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {

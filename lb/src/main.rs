@@ -39,6 +39,9 @@ struct Args {
     /// Pin worker i to the i-th CPU this process may use.
     #[arg(long)]
     pin: bool,
+    /// Admin API address (stats, metrics, backend changes), or "off" (default 127.0.0.1:9900).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    admin: Option<String>,
     /// Validate the configuration, print a summary and exit (0 if valid, 2 if not).
     #[arg(long)]
     check_config: bool,
@@ -69,16 +72,83 @@ fn main() {
         );
         return;
     }
+    // Before any thread starts: signals go to one thread that turns them into actions.
+    let overrides = overrides(&args);
+    let started =
+        std::sync::Arc::new(std::sync::OnceLock::<std::sync::Arc<lb::runtime::Shared>>::new());
+    let on_signal = started.clone();
+    let signals = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
+    if let Err(e) = lb_common::signals::spawn_signal_thread("lb-signals", &signals, move |sig| {
+        let Some(shared) = on_signal.get() else {
+            // Not serving yet: nothing to drain, stop at once.
+            if sig != libc::SIGHUP {
+                std::process::exit(0);
+            }
+            return;
+        };
+        match sig {
+            libc::SIGHUP => match lb::control::reload::reload(shared, &overrides) {
+                Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload rejected; the running configuration stays")
+                }
+            },
+            libc::SIGTERM => {
+                tracing::info!(
+                    grace_ms = shared.config.shutdown_grace.as_millis() as u64,
+                    "SIGTERM: stopping, open connections may finish"
+                );
+                shared.lifecycle.stop(shared.config.shutdown_grace);
+            }
+            _ => {
+                tracing::info!(
+                    grace_ms = shared.config.interrupt_grace.as_millis() as u64,
+                    "SIGINT: stopping soon"
+                );
+                shared.lifecycle.stop(shared.config.interrupt_grace);
+            }
+        }
+    }) {
+        eprintln!("lb: cannot set up signal handling: {e}");
+        std::process::exit(1);
+    }
     if !config.replicas.is_empty() {
         if let Err(e) = start_replicas(&config) {
             eprintln!("lb: {e}");
             std::process::exit(1);
         }
     }
-    if let Err(e) = lb::runtime::launch(config) {
+    if let Err(e) = serve(config, &started) {
         eprintln!("lb: {e:#}");
         std::process::exit(1);
     }
+    tracing::info!("lb stopped");
+}
+
+fn serve(
+    config: Config,
+    started: &std::sync::OnceLock<std::sync::Arc<lb::runtime::Shared>>,
+) -> anyhow::Result<()> {
+    let listeners = lb::runtime::bind(&config)?;
+    let admin = match config.admin {
+        Some(addr) => {
+            // A plain bind (no SO_REUSEPORT): a second lb on the same admin port must fail
+            // loudly rather than share it.
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                anyhow::anyhow!("admin API cannot listen on {addr}: {e} (set admin.listen, --admin ADDR or --admin off)")
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let shared = lb::runtime::shared(config, &listeners)?;
+    lb::runtime::announce("lb", shared.listen);
+    if let Some(l) = &admin {
+        lb::runtime::announce("lb admin", l.local_addr()?);
+    }
+    lb::control::start(shared.clone(), admin)?;
+    let _ = started.set(shared.clone());
+    lb::runtime::run(shared, listeners)
 }
 
 /// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
@@ -106,11 +176,8 @@ fn start_replicas(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {
-    let file = match &args.config {
-        Some(path) => Config::read_file(path)?,
-        None => FileConfig::default(),
-    };
+/// Environment then command line: what overrides the file, now and on every reload.
+fn overrides(args: &Args) -> Overrides {
     let env = Overrides::from_env(|k| std::env::var(k).ok());
     let cli = Overrides {
         listen: args.listen.clone(),
@@ -118,7 +185,16 @@ fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {
         algorithm: args.algorithm.clone(),
         cores: args.cores,
         pin: args.pin.then_some(true),
+        admin: args.admin.clone(),
         ..Default::default()
     };
-    Config::build(file, env.then(cli), args.config.clone())
+    env.then(cli)
+}
+
+fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {
+    let file = match &args.config {
+        Some(path) => Config::read_file(path)?,
+        None => FileConfig::default(),
+    };
+    Config::build(file, overrides(args), args.config.clone())
 }

@@ -2,12 +2,14 @@
 //! and backend state; a connection never leaves the core that accepted it.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lb_common::net::{monoio_listener, ListenerGroup};
-use lb_common::runtime::{run_workers, WorkerCtx, WorkerOpts};
+use lb_common::net::ListenerGroup;
+use lb_common::runtime::{run_workers, IoDriver, WorkerCtx, WorkerOpts};
 use lb_common::task::spawn_guarded;
 use monoio::net::TcpStream;
 
@@ -17,53 +19,127 @@ use crate::proxy::http::peek_key;
 use crate::proxy::idle::IdleTimer;
 use crate::proxy::readiness::{self, Scratch};
 use crate::proxy::tcp::{self, RelayOpts};
-use crate::upstream::{CoreUpstream, Upstreams};
+use crate::upstream::counters::CoreCounters;
+use crate::upstream::set::BackendSet;
+use crate::upstream::CoreUpstream;
 
-/// Everything a worker needs, shared read-only between cores.
-pub struct Shared {
-    pub config: Config,
-    pub upstreams: Arc<Upstreams>,
+/// How often an idle accept loop looks at the lifecycle flags.
+const ACCEPT_TICK: Duration = Duration::from_millis(100);
+/// Connections taken per readiness event before yielding to the connections themselves.
+const ACCEPT_BATCH: usize = 64;
+
+/// Running, or stopping with a deadline.
+pub struct Lifecycle {
+    started: Instant,
+    stopping: AtomicBool,
+    /// Deadline for open connections, in ms after `started`.
+    deadline_ms: AtomicU64,
 }
 
-/// Binds the listeners, prints the address and runs the workers until the process ends.
-pub fn launch(config: Config) -> anyhow::Result<()> {
-    let group = ListenerGroup::bind(config.listen, config.cores, config.backlog)?;
-    let addr = group.addr;
-    let upstreams = Arc::new(Upstreams::new(config.backends.clone(), config.cores));
+impl Lifecycle {
+    pub fn new() -> Lifecycle {
+        Lifecycle {
+            started: Instant::now(),
+            stopping: AtomicBool::new(false),
+            deadline_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Stop accepting; open connections get `grace` to finish. A later call can only shorten it.
+    pub fn stop(&self, grace: Duration) {
+        let at = (self.started.elapsed() + grace).as_millis() as u64;
+        self.deadline_ms.fetch_min(at, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub fn deadline(&self) -> Instant {
+        let ms = self.deadline_ms.load(Ordering::SeqCst);
+        self.started + Duration::from_millis(ms.min(365 * 24 * 3600 * 1000))
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything the workers and the control plane share.
+pub struct Shared {
+    pub config: Config,
+    pub set: Arc<BackendSet>,
+    pub cores: CoreCounters,
+    pub lifecycle: Lifecycle,
+    /// The address clients connect to (resolved when the config said port 0).
+    pub listen: SocketAddr,
+    /// Raw fds of the client listeners, for a binary upgrade to take over.
+    pub listener_fds: Vec<RawFd>,
+}
+
+/// Listeners to serve: freshly bound, or taken over from a previous `lb` process.
+pub fn bind(config: &Config) -> anyhow::Result<Vec<StdListener>> {
+    Ok(ListenerGroup::bind(config.listen, config.cores, config.backlog)?.into_listeners())
+}
+
+/// Builds the shared state for `listeners`.
+pub fn shared(config: Config, listeners: &[StdListener]) -> anyhow::Result<Arc<Shared>> {
+    let listen = listeners[0].local_addr()?;
+    let set = Arc::new(BackendSet::new(&config.backends, config.cores));
+    Ok(Arc::new(Shared {
+        cores: CoreCounters::new(config.cores),
+        lifecycle: Lifecycle::new(),
+        listener_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        listen,
+        set,
+        config,
+    }))
+}
+
+/// Runs the workers on `listeners` until a graceful stop has finished.
+pub fn run(shared: Arc<Shared>, listeners: Vec<StdListener>) -> anyhow::Result<()> {
+    let config = &shared.config;
     tracing::info!(
-        listen = %addr,
+        listen = %shared.listen,
         cores = config.cores,
         pin = config.pin,
         algorithm = config.algorithm.name(),
         backends = %config.backends.iter().map(|b| format!("{}({}, w={})", b.name, b.address, b.weight)).collect::<Vec<_>>().join(", "),
         "lb starting"
     );
-    announce(addr);
-
     let mut opts = WorkerOpts::new("lb-worker", config.cores);
     opts.pin = config.pin;
-    let shared = Arc::new(Shared { config, upstreams });
-    // Startup-only hand-over of one listener per worker; the data path takes no lock.
-    let listeners: Mutex<Vec<Option<StdListener>>> =
-        Mutex::new(group.into_listeners().into_iter().map(Some).collect());
+    // Listener i goes to worker i mod cores (a takeover may bring more listeners than cores).
+    let mut per_worker: Vec<Vec<StdListener>> = (0..config.cores).map(|_| Vec::new()).collect();
+    for (i, l) in listeners.into_iter().enumerate() {
+        per_worker[i % config.cores].push(l);
+    }
+    // Startup-only hand-over; the data path takes no lock.
+    let per_worker = Mutex::new(per_worker);
     run_workers(&opts, move |ctx| {
-        let listener = listeners.lock().unwrap()[ctx.index]
-            .take()
-            .expect("each worker takes its listener once");
-        worker(ctx, listener, shared.clone())
+        let mine = std::mem::take(&mut per_worker.lock().unwrap()[ctx.index]);
+        worker(ctx, mine, shared.clone())
     })?;
     Ok(())
 }
 
-/// One line on stdout that scripts and tests read to learn the bound port.
-fn announce(addr: SocketAddr) {
+/// One line on stdout that scripts and tests read to learn a bound port.
+pub fn announce(what: &str, addr: SocketAddr) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "lb listening on {addr}");
+    let _ = writeln!(out, "{what} listening on {addr}");
     let _ = out.flush();
 }
 
 struct Core {
+    index: usize,
     shared: Arc<Shared>,
     upstream: CoreUpstream,
     relay: RelayOpts,
@@ -71,15 +147,16 @@ struct Core {
     idle: Rc<IdleTimer>,
 }
 
-async fn worker(ctx: WorkerCtx, listener: StdListener, shared: Arc<Shared>) {
+async fn worker(ctx: WorkerCtx, listeners: Vec<StdListener>, shared: Arc<Shared>) {
     tracing::info!(
         worker = ctx.index,
         driver = ctx.driver.name(),
+        listeners = listeners.len(),
         "worker started"
     );
-    let listener = monoio_listener(listener).expect("cannot register listener with the runtime");
     let core = Rc::new(Core {
-        upstream: CoreUpstream::new(ctx.index, shared.upstreams.clone(), &shared.config),
+        index: ctx.index,
+        upstream: CoreUpstream::new(ctx.index, shared.set.clone(), &shared.config),
         relay: RelayOpts {
             max_buffer: shared.config.buffer_size,
             idle_timeout: shared.config.idle_timeout,
@@ -89,25 +166,128 @@ async fn worker(ctx: WorkerCtx, listener: StdListener, shared: Arc<Shared>) {
         shared,
     });
     core.upstream.warm_pools();
-    let mut last_accept_warn: Option<std::time::Instant> = None;
+    let loops = Rc::new(std::cell::Cell::new(listeners.len()));
+    for l in listeners {
+        let (core, loops) = (core.clone(), loops.clone());
+        spawn_guarded("accept", async move {
+            accept_loop(l, core).await;
+            loops.set(loops.get() - 1);
+        });
+    }
+    // Stop: wait for the accept loops to end, then for open connections until the deadline.
+    while loops.get() > 0 {
+        monoio::time::sleep(ACCEPT_TICK).await;
+    }
+    let lifecycle = &core.shared.lifecycle;
+    let mut reported = false;
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                spawn_guarded("connection", handle(stream, peer, core.clone()));
-            }
-            Err(e) => {
-                // Out of file descriptors or memory: back off briefly instead of spinning.
-                if last_accept_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                    tracing::warn!(worker = ctx.index, error = %e, "accept failed");
-                    last_accept_warn = Some(std::time::Instant::now());
+        let open = core.shared.cores.get(ctx.index).active;
+        if open == 0 {
+            break;
+        }
+        if Instant::now() >= lifecycle.deadline() {
+            tracing::warn!(
+                worker = ctx.index,
+                open,
+                "shutdown deadline reached: closing the remaining connections"
+            );
+            break;
+        }
+        if !reported {
+            tracing::info!(
+                worker = ctx.index,
+                open,
+                "waiting for open connections to finish"
+            );
+            reported = true;
+        }
+        monoio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(worker = ctx.index, "worker stopped");
+}
+
+/// Waits for readiness (cancellable at no cost) and accepts with non-blocking `accept4`, so that
+/// a stop never cancels an accept that already took a connection: during a binary upgrade the
+/// old and the new process share these sockets, and a lost connection would be a reset.
+async fn accept_loop(listener: StdListener, core: Rc<Core>) {
+    let fd = listener.as_raw_fd();
+    let _ = listener.set_nonblocking(true);
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = core.index, error = %e, "cannot register listener with the runtime");
+            return;
+        }
+    };
+    let lifecycle = &core.shared.lifecycle;
+    let mut last_warn: Option<Instant> = None;
+    while !lifecycle.stopping() {
+        let ready = monoio::select! {
+            r = listener.readable(false) => Some(r),
+            _ = monoio::time::sleep(ACCEPT_TICK) => None,
+        };
+        if ready.is_none() {
+            continue;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            match accept(fd) {
+                Ok((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        core.shared.cores.accepted(core.index);
+                        let c = core.clone();
+                        spawn_guarded("connection", async move {
+                            handle(stream, peer, &c).await;
+                            c.shared.cores.finished(c.index);
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot register accepted connection"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // Out of file descriptors or memory: back off briefly instead of spinning.
+                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(worker = core.index, error = %e, "accept failed");
+                        last_warn = Some(Instant::now());
+                    }
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    break;
                 }
-                monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
+    // Dropping the listener here closes only this process's descriptor: after a takeover the
+    // new process still holds the socket and its queue.
+    tracing::debug!(worker = core.index, "accept loop stopped");
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
+fn accept(fd: RawFd) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    let mut flags = libc::SOCK_CLOEXEC;
+    // io_uring works best with blocking sockets; epoll needs non-blocking ones.
+    if IoDriver::wants_nonblocking() {
+        flags |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: accept4 fills at most `len` bytes of the storage we own.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let s = libc::accept4(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        );
+        if s < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(s);
+        let peer = socket2::SockAddr::new(storage, len)
+            .as_socket()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Ok((stream, peer))
+    }
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core) {
     let _ = client.set_nodelay(true);
     let cfg = &core.shared.config;
     let mut replay = None;
@@ -141,6 +321,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     let (mut backend, active) = match Box::pin(core.upstream.connect(key)).await {
         Ok(x) => x,
         Err(e) => {
+            core.shared.cores.no_backend(core.index);
             tracing::debug!(%peer, error = %e, "no backend for client; closing it");
             return;
         }
@@ -153,7 +334,6 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
             return;
         }
     }
-    let backend_idx = active.backend();
     let idle = core.idle.register();
     let result = match cfg.relay_mode {
         // Boxed: each mode's future is allocated at its own size instead of the connection
@@ -172,11 +352,11 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, core: Rc<Core>) {
     };
     match result {
         Ok(r) => {
-            tracing::trace!(%peer, backend = backend_idx, up = r.to_backend, down = r.to_client, "connection done")
+            active.set_bytes(r.to_backend, r.to_client);
+            tracing::trace!(%peer, backend = active.backend(), up = r.to_backend, down = r.to_client, "connection done");
         }
         Err(e) => {
-            tracing::debug!(%peer, backend = backend_idx, error = %e, "connection ended with an error")
+            tracing::debug!(%peer, backend = active.backend(), error = %e, "connection ended with an error")
         }
     }
-    drop(active);
 }

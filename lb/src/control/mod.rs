@@ -1,3 +1,34 @@
-//! Control plane: everything that is not on the data path.
+//! Control plane: everything that is not on the data path. It runs on its own thread
+//! (`lb-control`) with its own runtime, once per process, and talks to the workers only through
+//! published snapshots and shared counters.
 
+pub mod admin;
+pub mod health;
+pub mod reload;
 pub mod replicas;
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+
+use crate::runtime::Shared;
+
+/// Starts the control thread: the admin API (if `admin` is given) and the active health checks.
+pub fn start(shared: Arc<Shared>, admin: Option<StdListener>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("lb-control".into())
+        .spawn(move || {
+            lb_common::runtime::block_on(|| async move {
+                if let Some(l) = admin {
+                    let s = shared.clone();
+                    lb_common::task::spawn_guarded(
+                        "admin",
+                        async move { admin::serve(l, s).await },
+                    );
+                }
+                health::run(shared).await;
+                // Health checks off: keep the admin task alive for the life of the process.
+                std::future::pending::<()>().await;
+            })
+        })?;
+    Ok(())
+}

@@ -86,6 +86,11 @@ fn spawn(binary: &PathBuf, spec: &ReplicaSpec) -> std::io::Result<Child> {
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
     unsafe {
         cmd.pre_exec(|| {
+            // lb blocks SIGTERM/SIGINT/SIGHUP in every thread (one thread takes them with
+            // sigwait); a child would inherit that mask and ignore both PDEATHSIG and kill.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -1,51 +1,34 @@
 //! The backend set as one core sees it: choose, connect, retry on another backend, eject.
 //!
 //! What each algorithm sees: `active` is the number of open connections summed over all cores
-//! (read from [`load::LoadBoard`], possibly a moment old for other cores); `ewma_ns` is this core's
-//! own peak-EWMA of connect times (cores measure independently, so no cross-core traffic);
-//! eligibility is this core's passive ejection state.
+//! (read from [`counters::BackendCounters`], possibly a moment old for other cores); `ewma_ns` is
+//! this core's own peak-EWMA of connect times (cores measure independently, so no cross-core
+//! traffic); eligibility combines the published snapshot (health, drain) with this core's own
+//! passive ejection; `weight` is the configured weight ramped up during slow start.
 
-pub mod load;
+pub mod counters;
 pub mod pool;
+pub mod set;
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::balance::{BackendSpec, Balancer, Candidate};
-use crate::config::{BackendConfig, Config};
-use load::LoadBoard;
+use crate::balance::{Algorithm, BackendSpec, Balancer, Candidate, HashConfig};
+use crate::config::Config;
+use counters::BackendCounters;
 use pool::BackendPool;
-use std::rc::Rc;
-
-/// Immutable description of the backends plus their shared counters.
-pub struct Upstreams {
-    pub backends: Vec<BackendConfig>,
-    pub board: LoadBoard,
-}
-
-impl Upstreams {
-    pub fn new(backends: Vec<BackendConfig>, cores: usize) -> Upstreams {
-        let board = LoadBoard::new(backends.len(), cores);
-        Upstreams { backends, board }
-    }
-
-    pub fn specs(&self) -> Vec<BackendSpec> {
-        self.backends
-            .iter()
-            .map(|b| BackendSpec::new(b.name.clone(), b.weight))
-            .collect()
-    }
-}
+use set::{BackendSet, Snapshot};
 
 /// Why no backend connection could be made; the client side is not at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("no backend is available (all ejected after failures)")]
+    #[error("no backend is available (all down, draining or ejected after failures)")]
     NoneAvailable,
     #[error("backend connect failed after {tries} tries, last to {last_backend}: {last}")]
     AllFailed {
@@ -63,111 +46,196 @@ const WARN_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct LocalBackend {
     eject_until: Cell<Option<Instant>>,
+    /// Consecutive connect failures: each one doubles the ejection, up to the maximum.
+    fails: Cell<u32>,
     ewma_ns: Cell<u64>,
     ewma_at: Cell<Option<Instant>>,
     last_warn: Cell<Option<Instant>>,
     suppressed: Cell<u64>,
 }
 
-/// One core's view: its balancer and its local backend state. Lives in an `Rc` on that core.
+/// This core's balancer and local state for one snapshot generation.
+struct View {
+    snap: Arc<Snapshot>,
+    balancer: Balancer,
+    candidates: Vec<Candidate>,
+    local: Vec<Rc<LocalBackend>>,
+    pools: Vec<Rc<BackendPool>>,
+}
+
+/// One core's view of the backends. Lives in an `Rc` on that core.
 pub struct CoreUpstream {
     core: usize,
-    upstreams: Arc<Upstreams>,
-    balancer: RefCell<Balancer>,
-    candidates: RefCell<Vec<Candidate>>,
-    local: Vec<LocalBackend>,
-    pools: Vec<Rc<BackendPool>>,
+    set: Arc<BackendSet>,
+    view: RefCell<View>,
+    algorithm: Algorithm,
+    hash: HashConfig,
+    seed: u64,
     connect_timeout: Duration,
     tries: u32,
     budget: Duration,
     eject: Duration,
+    eject_max: Duration,
+    slow_start: Duration,
+    pool_idle: usize,
+    pool_max_age: Duration,
 }
 
 /// Marks one connection to a backend as open in the shared counts until dropped.
 pub struct ActiveConn {
-    upstreams: Arc<Upstreams>,
-    backend: usize,
+    counters: Arc<BackendCounters>,
+    backend: String,
     core: usize,
+    bytes: Cell<(u64, u64)>,
 }
 
 impl ActiveConn {
-    pub fn backend(&self) -> usize {
-        self.backend
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Bytes relayed (to the backend, to the client), counted when the connection ends.
+    pub fn set_bytes(&self, to_backend: u64, to_client: u64) {
+        self.bytes.set((to_backend, to_client));
     }
 }
 
 impl Drop for ActiveConn {
     fn drop(&mut self) {
-        self.upstreams.board.closed(self.backend, self.core);
+        let (up, down) = self.bytes.get();
+        self.counters.closed(self.core, up, down);
     }
 }
 
 impl CoreUpstream {
-    pub fn new(core: usize, upstreams: Arc<Upstreams>, config: &Config) -> CoreUpstream {
-        let specs = upstreams.specs();
+    pub fn new(core: usize, set: Arc<BackendSet>, config: &Config) -> CoreUpstream {
         // Per-core seed: random and power_of_two must not move in lockstep on every core.
         let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (core as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        let balancer = Balancer::new(config.algorithm, &specs, &config.hash, seed);
-        let n = specs.len();
-        CoreUpstream {
+        let snap = set.load();
+        let up = CoreUpstream {
             core,
-            balancer: RefCell::new(balancer),
-            candidates: RefCell::new(Candidate::all_eligible(&specs)),
-            local: (0..n).map(|_| LocalBackend::default()).collect(),
-            pools: upstreams
-                .backends
-                .iter()
-                .map(|b| {
-                    BackendPool::new(
-                        b.address,
-                        config.pool_idle_per_backend,
-                        config.pool_max_age,
-                        config.connect_timeout,
-                    )
-                })
-                .collect(),
-            upstreams,
+            view: RefCell::new(View {
+                balancer: Balancer::new(config.algorithm, &[], &config.hash, seed),
+                candidates: Vec::new(),
+                local: Vec::new(),
+                pools: Vec::new(),
+                snap: snap.clone(),
+            }),
+            set,
+            algorithm: config.algorithm,
+            hash: config.hash,
+            seed,
             connect_timeout: config.connect_timeout,
             tries: config.retry_tries,
             budget: config.retry_budget,
             eject: config.eject,
+            eject_max: config.eject_max,
+            slow_start: config.slow_start,
+            pool_idle: config.pool_idle_per_backend,
+            pool_max_age: config.pool_max_age,
+        };
+        up.rebuild(snap);
+        up
+    }
+
+    /// Picks up a newer snapshot, if one was published. Called between connections.
+    pub fn refresh(&self) {
+        let generation = self.view.borrow().snap.generation;
+        if self.set.generation() != generation {
+            self.rebuild(self.set.load());
         }
     }
 
-    pub fn upstreams(&self) -> &Arc<Upstreams> {
-        &self.upstreams
+    pub fn generation(&self) -> u64 {
+        self.view.borrow().snap.generation
+    }
+
+    fn rebuild(&self, snap: Arc<Snapshot>) {
+        let mut view = self.view.borrow_mut();
+        let specs: Vec<BackendSpec> = snap
+            .backends
+            .iter()
+            .map(|b| BackendSpec::new(b.name.clone(), b.weight))
+            .collect();
+        // Keep each surviving backend's local state (ejection, EWMA) and pool, found by name.
+        let old_index = |name: &str| view.snap.find(name);
+        let local: Vec<Rc<LocalBackend>> = snap
+            .backends
+            .iter()
+            .map(|b| {
+                old_index(&b.name)
+                    .and_then(|i| view.local.get(i).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let pools: Vec<Rc<BackendPool>> = snap
+            .backends
+            .iter()
+            .map(|b| match old_index(&b.name) {
+                Some(i) if view.snap.backends[i].address == b.address && i < view.pools.len() => {
+                    view.pools[i].clone()
+                }
+                _ => BackendPool::new(
+                    b.address,
+                    self.pool_idle,
+                    self.pool_max_age,
+                    self.connect_timeout,
+                ),
+            })
+            .collect();
+        if view.snap.generation != snap.generation {
+            tracing::debug!(
+                core = self.core,
+                generation = snap.generation,
+                backends = specs.len(),
+                "core picked up a new backend set"
+            );
+        }
+        view.balancer = Balancer::new(self.algorithm, &specs, &self.hash, self.seed);
+        view.candidates = Candidate::all_eligible(&specs);
+        view.local = local;
+        view.pools = pools;
+        view.snap = snap;
     }
 
     /// Fills every backend's idle pool (no-op when the pool is off). Call inside the runtime.
     pub fn warm_pools(&self) {
-        for p in &self.pools {
+        for p in &self.view.borrow().pools {
             p.refill();
         }
     }
 
     /// Chooses a backend, excluding those already tried. Borrows end before returning.
     fn choose(&self, key: Option<u64>, tried: &[usize], now: Instant) -> Option<usize> {
-        let mut cands = self.candidates.borrow_mut();
-        for (i, c) in cands.iter_mut().enumerate() {
-            let local = &self.local[i];
-            c.eligible = local.eject_until.get().is_none_or(|t| now >= t);
-            c.active = self.upstreams.board.active(i);
+        let mut guard = self.view.borrow_mut();
+        let view = &mut *guard;
+        for (i, c) in view.candidates.iter_mut().enumerate() {
+            let b = &view.snap.backends[i];
+            let local = &view.local[i];
+            c.eligible = b.eligible() && local.eject_until.get().is_none_or(|t| now >= t);
+            c.active = b.counters.active();
             c.ewma_ns = local.ewma_ns.get();
-            c.weight = self.upstreams.backends[i].weight;
+            c.weight = match b.since {
+                Some(since) => ramped_weight(
+                    b.weight,
+                    now.saturating_duration_since(since),
+                    self.slow_start,
+                ),
+                None => b.weight,
+            };
         }
-        self.balancer
-            .borrow_mut()
-            .pick_excluding(&cands, key, tried)
+        view.balancer.pick_excluding(&view.candidates, key, tried)
     }
 
     /// Connects to a chosen backend, retrying refused or timed-out connects on other backends
     /// within the configured tries and time budget. Nothing has been sent upstream yet, so a retry
     /// is always safe here.
     pub async fn connect(&self, key: Option<u64>) -> Result<(TcpStream, ActiveConn), ConnectError> {
+        self.refresh();
         let start = Instant::now();
         let mut tried: [usize; 16] = [usize::MAX; 16];
         let mut n_tried = 0usize;
-        let mut last: Option<(usize, io::Error)> = None;
+        let mut last: Option<(String, io::Error)> = None;
         while (n_tried as u32) < self.tries {
             let now = Instant::now();
             let Some(idx) = self.choose(key, &tried[..n_tried.min(16)], now) else {
@@ -177,25 +245,34 @@ impl CoreUpstream {
                 tried[n_tried] = idx;
             }
             n_tried += 1;
-            let pool = &self.pools[idx];
+            // Clone what the await needs so that no borrow is held across it.
+            let (backend, local, pool) = {
+                let view = self.view.borrow();
+                (
+                    view.snap.backends[idx].clone(),
+                    view.local[idx].clone(),
+                    view.pools[idx].clone(),
+                )
+            };
             if let Some(stream) = pool.take() {
                 pool.refill();
-                self.upstreams.board.opened(idx, self.core);
-                return Ok((stream, self.active(idx)));
+                backend.counters.opened(self.core, None);
+                return Ok((stream, self.active(&backend)));
             }
             pool.refill();
-            let addr = self.upstreams.backends[idx].address;
             let remaining = self.budget.saturating_sub(start.elapsed());
             let limit = self.connect_timeout.min(remaining);
-            match connect_one(addr, limit).await {
+            match connect_one(backend.address, limit).await {
                 Ok(stream) => {
-                    self.record_success(idx, now);
-                    self.upstreams.board.opened(idx, self.core);
-                    return Ok((stream, self.active(idx)));
+                    let took = now.elapsed();
+                    self.record_success(&local, &backend.name, took);
+                    backend.counters.opened(self.core, Some(took));
+                    return Ok((stream, self.active(&backend)));
                 }
                 Err(e) => {
-                    self.record_failure(idx, &e);
-                    last = Some((idx, e));
+                    backend.counters.connect_failed(self.core);
+                    self.record_failure(&local, &backend.name, &e);
+                    last = Some((backend.name.clone(), e));
                 }
             }
             if start.elapsed() >= self.budget {
@@ -204,48 +281,50 @@ impl CoreUpstream {
         }
         match last {
             None => Err(ConnectError::NoneAvailable),
-            Some((idx, e)) => Err(ConnectError::AllFailed {
+            Some((name, e)) => Err(ConnectError::AllFailed {
                 tries: n_tried as u32,
-                last_backend: self.upstreams.backends[idx].name.clone(),
+                last_backend: name,
                 last: e,
             }),
         }
     }
 
-    fn active(&self, backend: usize) -> ActiveConn {
+    fn active(&self, backend: &set::Backend) -> ActiveConn {
         ActiveConn {
-            upstreams: self.upstreams.clone(),
-            backend,
+            counters: backend.counters.clone(),
+            backend: backend.name.clone(),
             core: self.core,
+            bytes: Cell::new((0, 0)),
         }
     }
 
-    fn record_success(&self, idx: usize, started: Instant) {
-        let local = &self.local[idx];
+    fn record_success(&self, local: &LocalBackend, name: &str, took: Duration) {
         let now = Instant::now();
-        let sample = now.duration_since(started).as_nanos() as u64;
+        let sample = took.as_nanos() as u64;
         let prev = local.ewma_ns.get();
         // Peak EWMA: jump up to a slower sample at once, decay down with time.
         let next = match local.ewma_at.get() {
-            _ if prev == 0 || sample >= prev => sample.max(1),
+            _ if prev == 0 || sample >= prev => sample,
             Some(at) => {
                 let w = (-(now.duration_since(at).as_secs_f64()) / EWMA_TAU.as_secs_f64()).exp();
                 (prev as f64 * w + sample as f64 * (1.0 - w)) as u64
             }
-            None => sample.max(1),
+            None => sample,
         };
         local.ewma_ns.set(next.max(1));
         local.ewma_at.set(Some(now));
+        local.fails.set(0);
         if local.eject_until.take().is_some() {
-            tracing::info!(backend = %self.upstreams.backends[idx].name, core = self.core, "backend accepts connections again");
+            tracing::info!(backend = %name, core = self.core, "backend accepts connections again");
         }
     }
 
-    fn record_failure(&self, idx: usize, e: &io::Error) {
-        let local = &self.local[idx];
+    fn record_failure(&self, local: &LocalBackend, name: &str, e: &io::Error) {
         let now = Instant::now();
-        local.eject_until.set(Some(now + self.eject));
-        let name = &self.upstreams.backends[idx].name;
+        let fails = local.fails.get().saturating_add(1);
+        local.fails.set(fails);
+        let eject = eject_for(self.eject, self.eject_max, fails);
+        local.eject_until.set(Some(now + eject));
         let due = local
             .last_warn
             .get()
@@ -253,12 +332,29 @@ impl CoreUpstream {
         if due {
             let suppressed = local.suppressed.replace(0);
             local.last_warn.set(Some(now));
-            tracing::warn!(backend = %name, core = self.core, error = %e, suppressed, eject_ms = self.eject.as_millis() as u64,
-                "backend connect failed; skipping it for a while");
+            tracing::warn!(backend = %name, core = self.core, error = %e, consecutive = fails, suppressed,
+                eject_ms = eject.as_millis() as u64, "backend connect failed; skipping it for a while");
         } else {
             local.suppressed.set(local.suppressed.get() + 1);
         }
     }
+}
+
+/// Passive ejection time after `fails` consecutive failures: the base, doubled per further
+/// failure, capped.
+pub fn eject_for(base: Duration, max: Duration, fails: u32) -> Duration {
+    let doublings = fails.saturating_sub(1).min(16);
+    base.saturating_mul(1u32 << doublings).min(max.max(base))
+}
+
+/// Slow start: a backend that just became eligible gets a share growing linearly from 1/10 of
+/// its weight to all of it over `window` (at least 1), instead of a flood.
+pub fn ramped_weight(weight: u32, age: Duration, window: Duration) -> u32 {
+    if window.is_zero() || age >= window {
+        return weight;
+    }
+    let frac = 0.1 + 0.9 * age.as_secs_f64() / window.as_secs_f64();
+    ((weight as f64 * frac).round() as u32).max(1)
 }
 
 async fn connect_one(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream> {
@@ -272,5 +368,33 @@ async fn connect_one(addr: SocketAddr, limit: Duration) -> io::Result<TcpStream>
             io::ErrorKind::TimedOut,
             format!("connect timed out after {} ms", limit.as_millis()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejection_doubles_per_consecutive_failure_up_to_the_cap() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(eject_for(base, max, 1), Duration::from_secs(1));
+        assert_eq!(eject_for(base, max, 2), Duration::from_secs(2));
+        assert_eq!(eject_for(base, max, 4), Duration::from_secs(8));
+        assert_eq!(eject_for(base, max, 50), max);
+    }
+
+    #[test]
+    fn slow_start_ramps_from_a_tenth_to_the_full_weight() {
+        let w = Duration::from_secs(10);
+        assert_eq!(ramped_weight(100, Duration::ZERO, w), 10);
+        assert_eq!(ramped_weight(100, Duration::from_secs(5), w), 55);
+        assert_eq!(ramped_weight(100, Duration::from_secs(10), w), 100);
+        assert_eq!(ramped_weight(1, Duration::ZERO, w), 1, "never below 1");
+        assert_eq!(
+            ramped_weight(7, Duration::ZERO, Duration::ZERO),
+            7,
+            "off when the window is 0"
+        );
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct Proc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// lb's admin API address, when it has one.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Drop for Proc {
@@ -47,7 +49,15 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
-/// Starts a process that prints `... listening on ADDR ...` as its first stdout line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    line.split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+}
+
+/// Starts a process that prints `... listening on ADDR ...` as its first stdout line (lb prints
+/// `lb admin listening on ADDR` next when its admin API is on).
 pub fn start(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(workspace_bin(bin));
     cmd.args(args)
@@ -58,17 +68,20 @@ pub fn start(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}"));
-    let stdout = child.stdout.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{bin} printed no address: {line:?}"))
-        .parse()
-        .unwrap();
-    Proc { child, addr }
+    out.read_line(&mut line).unwrap();
+    let addr =
+        listening_addr(&line).unwrap_or_else(|| panic!("{bin} printed no address: {line:?}"));
+    let mut admin = None;
+    if bin == "lb" && !args.contains(&"off") {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        admin = listening_addr(&line);
+    }
+    // Keep draining stdout so that the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Proc { child, addr, admin }
 }
 
 pub fn backend(id: &str) -> Proc {
@@ -90,7 +103,14 @@ pub fn lb(backends: &[&Proc], extra: &[&str]) -> Proc {
         .map(|b| b.addr.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let mut args = vec!["--listen", "127.0.0.1:0", "--backend", &list];
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--backend",
+        &list,
+    ];
     args.extend_from_slice(extra);
     start("lb", &args, &[])
 }
@@ -101,6 +121,8 @@ pub fn lb_with_config(toml: &str, extra: &[&str]) -> (Proc, tempfile_path::TempP
     std::fs::write(&path.0, toml).unwrap();
     let mut args = vec![
         "--listen",
+        "127.0.0.1:0",
+        "--admin",
         "127.0.0.1:0",
         "--config",
         path.0.to_str().unwrap(),
