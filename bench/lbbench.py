@@ -266,7 +266,7 @@ def backend_proc(port, cpu, server_id, cores=1, extra=()):
 
 
 def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None):
-    argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores),
+    argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores), "--admin", "off",
             "--algorithm", algorithm, "--backend", ",".join(f"127.0.0.1:{p}" for p in backend_ports), *extra]
     if pool or relay_mode:
         conf = tmpdir("bench-lb-") / "lb.toml"

@@ -28,8 +28,8 @@ def start_proxy(name, port, backends, cpu, threads=1):
         return lb_proc(port, backends, cpu, cores=threads)
     if name == "lb+pool":
         return lb_proc(port, backends, cpu, cores=threads, pool=POOL)
-    if name == "lb-completion":
-        return lb_proc(port, backends, cpu, cores=threads, relay_mode="completion")
+    if name == "lb-readiness":
+        return lb_proc(port, backends, cpu, cores=threads, relay_mode="readiness")
     if name == "haproxy":
         return haproxy_proc(port, backends, cpu, threads=threads)
     return nginx_stream_proc(port, backends, cpu)
@@ -37,7 +37,7 @@ def start_proxy(name, port, backends, cpu, threads=1):
 
 def throughput(rounds, duration, backends):
     res = {}
-    names = PROXIES + ["lb-completion", "lb+pool"]
+    names = PROXIES + ["lb-readiness", "lb+pool"]
     ports = {p: free_port() for p in names}
     procs = {p: start_proxy(p, ports[p], backends, 0) for p in names}
     try:
@@ -87,7 +87,7 @@ def idle_memory(n, backend_port):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20000), hard))
     res = {}
-    for p in PROXIES + ["lb-completion"]:
+    for p in PROXIES + ["lb-readiness"]:
         port = free_port()
         with start_proxy(p, port, [backend_port], 0) as proc:
             time.sleep(0.3)
@@ -209,8 +209,8 @@ def report(data, a):
                 lines.append(f"| {mode} | {p} | {rps['median']:.0f} ({rps['min']:.0f}-{rps['max']:.0f}) | "
                              f"{cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f}) | {eff['median']:.0f} | {adv} |")
         lines.append(f"\nTarget: lb >= 1.4x HAProxy's requests per CPU-second at 64 and 512 connections. "
-                     f"`lb` runs the default readiness relay; `lb-completion` is `relay.mode = \"completion\"` "
-                     f"(io_uring recv/send with a buffer per pending read); `lb+pool` is lb with {POOL} "
+                     f"`lb` runs the default completion relay (io_uring recv/send); `lb-readiness` is "
+                     f"`relay.mode = \"readiness\"` (poll, then recv/send through a per-core buffer); `lb+pool` is lb with {POOL} "
                      f"pre-connected idle connections per backend (pool.idle_per_backend).\n")
     if "latency" in data:
         lat = data["latency"]
