@@ -8,7 +8,7 @@ pub fn spawn_signal_thread(
     name: &str,
     signals: &[libc::c_int],
     mut on: impl FnMut(libc::c_int) + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<std::thread::JoinHandle<()>> {
     // SAFETY: sigset_t is plain data filled by sigemptyset/sigaddset.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -31,8 +31,7 @@ pub fn spawn_signal_thread(
             if rc == 0 {
                 on(sig);
             }
-        })?;
-    Ok(())
+        })
 }
 
 #[cfg(test)]
@@ -40,15 +39,18 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
+    /// In a test binary other threads do not block the signal, so a process-directed one could
+    /// land there; direct it at the handler thread, which sigwait takes the same way.
     #[test]
-    fn a_raised_signal_reaches_the_handler_thread() {
+    fn a_signal_reaches_the_handler_thread() {
+        use std::os::unix::thread::JoinHandleExt;
         let (tx, rx) = mpsc::channel();
-        spawn_signal_thread("t-signals", &[libc::SIGUSR2], move |s| {
+        let handle = spawn_signal_thread("t-signals", &[libc::SIGUSR2], move |s| {
             let _ = tx.send(s);
         })
         .unwrap();
-        // SAFETY: signals our own process; SIGUSR2 is blocked here and taken by sigwait.
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+        // SAFETY: a live thread of this process that blocks SIGUSR2 and waits for it.
+        unsafe { libc::pthread_kill(handle.as_pthread_t(), libc::SIGUSR2) };
         let got = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         assert_eq!(got, libc::SIGUSR2);
     }

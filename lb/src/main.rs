@@ -42,6 +42,13 @@ struct Args {
     /// Admin API address (stats, metrics, backend changes), or "off" (default 127.0.0.1:9900).
     #[arg(long, value_name = "HOST:PORT|off")]
     admin: Option<String>,
+    /// Zero-downtime upgrade: take the listening sockets over from the lb running on the
+    /// upgrade socket, then tell it to drain.
+    #[arg(long)]
+    takeover: bool,
+    /// Unix socket for handing listeners to a new process (default: $TMPDIR/lb-upgrade-PORT.sock).
+    #[arg(long, value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
     /// Validate the configuration, print a summary and exit (0 if valid, 2 if not).
     #[arg(long)]
     check_config: bool,
@@ -118,7 +125,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if let Err(e) = serve(config, &started) {
+    if let Err(e) = serve(config, &started, &args) {
         eprintln!("lb: {e:#}");
         std::process::exit(1);
     }
@@ -128,19 +135,35 @@ fn main() {
 fn serve(
     config: Config,
     started: &std::sync::OnceLock<std::sync::Arc<lb::runtime::Shared>>,
+    args: &Args,
 ) -> anyhow::Result<()> {
-    let listeners = lb::runtime::bind(&config)?;
-    let admin = match config.admin {
-        Some(addr) => {
+    use lb::control::upgrade;
+    use std::os::fd::AsRawFd;
+    let (listeners, admin, takeover) = if args.takeover {
+        if !config.replicas.is_empty() {
+            anyhow::bail!("--takeover needs configured backends: the built-in local replicas belong to the old process");
+        }
+        let path = args
+            .upgrade_socket
+            .clone()
+            .unwrap_or_else(|| upgrade::default_path(config.listen.port()));
+        let mut t = upgrade::take_over(&path)?;
+        tracing::info!(listeners = t.listeners.len(), path = %path.display(), "took the listening sockets over");
+        let (listeners, admin) = (std::mem::take(&mut t.listeners), t.admin.take());
+        (listeners, admin, Some((t, path)))
+    } else {
+        let listeners = lb::runtime::bind(&config)?;
+        let admin = match config.admin {
             // A plain bind (no SO_REUSEPORT): a second lb on the same admin port must fail
             // loudly rather than share it.
-            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+            Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
                 anyhow::anyhow!("admin API cannot listen on {addr}: {e} (set admin.listen, --admin ADDR or --admin off)")
-            })?;
-            Some(l)
-        }
-        None => None,
+            })?),
+            None => None,
+        };
+        (listeners, admin, None)
     };
+    let admin_fd = admin.as_ref().map(|l| l.as_raw_fd());
     let shared = lb::runtime::shared(config, &listeners)?;
     lb::runtime::announce("lb", shared.listen);
     if let Some(l) = &admin {
@@ -148,6 +171,37 @@ fn serve(
     }
     lb::control::start(shared.clone(), admin)?;
     let _ = started.set(shared.clone());
+    match takeover {
+        Some((t, path)) => {
+            let s = shared.clone();
+            std::thread::spawn(move || {
+                // Confirm only once every accept loop runs, so that the old process keeps
+                // accepting until this one does.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while s.ready.load(std::sync::atomic::Ordering::SeqCst) < s.listener_fds.len()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                match t.confirm() {
+                    Ok(()) => tracing::info!("old process told to drain"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not tell the old process to drain")
+                    }
+                }
+                upgrade::serve_after_takeover(path, s, admin_fd);
+            });
+        }
+        None => {
+            let path = args
+                .upgrade_socket
+                .clone()
+                .unwrap_or_else(|| upgrade::default_path(shared.listen.port()));
+            if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
+                tracing::warn!(error = %e, "binary upgrade unavailable");
+            }
+        }
+    }
     lb::runtime::run(shared, listeners)
 }
 

@@ -82,6 +82,8 @@ pub struct Shared {
     pub listen: SocketAddr,
     /// Raw fds of the client listeners, for a binary upgrade to take over.
     pub listener_fds: Vec<RawFd>,
+    /// Accept loops running (a new process confirms a takeover once all of them are).
+    pub ready: std::sync::atomic::AtomicUsize,
 }
 
 /// Listeners to serve: freshly bound, or taken over from a previous `lb` process.
@@ -97,6 +99,7 @@ pub fn shared(config: Config, listeners: &[StdListener]) -> anyhow::Result<Arc<S
         cores: CoreCounters::new(config.cores),
         lifecycle: Lifecycle::new(),
         listener_fds: listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        ready: std::sync::atomic::AtomicUsize::new(0),
         listen,
         set,
         config,
@@ -219,6 +222,7 @@ async fn accept_loop(listener: StdListener, core: Rc<Core>) {
             return;
         }
     };
+    core.shared.ready.fetch_add(1, Ordering::SeqCst);
     let lifecycle = &core.shared.lifecycle;
     let mut last_warn: Option<Instant> = None;
     while !lifecycle.stopping() {

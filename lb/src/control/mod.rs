@@ -6,6 +6,7 @@ pub mod admin;
 pub mod health;
 pub mod reload;
 pub mod replicas;
+pub mod upgrade;
 
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;

@@ -1,0 +1,302 @@
+//! Zero-downtime binary upgrade, as HAProxy and Pingora do it: the running `lb` hands its
+//! listening sockets to a new process over a Unix socket (SCM_RIGHTS), then drains. The sockets
+//! never close, so connections queued on them are served by whichever process accepts them;
+//! closing an `SO_REUSEPORT` socket instead would reset its queue.
+//!
+//! Protocol on the upgrade socket, one line each way:
+//! new -> old `TAKEOVER`; old -> new `FDS <listeners> <admin 0|1>` with the descriptors attached;
+//! new -> old `DRAIN` once its workers accept; old stops accepting, closes the upgrade socket and
+//! lets its open connections finish.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::TcpListener as StdListener;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::runtime::Shared;
+
+/// Default path for the listen port: one upgrade socket per lb instance on a machine.
+pub fn default_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("lb-upgrade-{port}.sock"))
+}
+
+/// Old side: serves one takeover on `path` (a stale file from a dead process is replaced).
+pub fn serve(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) -> io::Result<()> {
+    let listener = bind_unix(&path)?;
+    tracing::info!(path = %path.display(), "upgrade socket ready: start the new binary with --takeover");
+    std::thread::Builder::new()
+        .name("lb-upgrade".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upgrade socket accept failed");
+                        continue;
+                    }
+                };
+                match hand_over(conn, &shared, admin_fd) {
+                    Ok(()) => {
+                        // The new process owns the path now (it binds it after DRAIN); do not
+                        // unlink it from under it.
+                        tracing::info!(
+                            grace_ms = shared.config.shutdown_grace.as_millis() as u64,
+                            "listeners handed to the new process: draining"
+                        );
+                        shared.lifecycle.stop(shared.config.shutdown_grace);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "takeover attempt failed; still serving"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another lb serves the upgrade socket {}: use --takeover to replace it",
+                        path.display()
+                    ),
+                ));
+            }
+            // Left by a process that died: nobody listens, so it is safe to replace.
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn hand_over(conn: UnixStream, shared: &Shared, admin_fd: Option<RawFd>) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if line.trim() != "TAKEOVER" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected request {line:?}"),
+        ));
+    }
+    let mut fds = shared.listener_fds.clone();
+    fds.extend(admin_fd);
+    let header = format!(
+        "FDS {} {}\n",
+        shared.listener_fds.len(),
+        admin_fd.is_some() as u8
+    );
+    send_fds(&conn, header.as_bytes(), &fds)?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    if line.trim() != "DRAIN" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("new process did not confirm: {line:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// New side: what the old process handed over, and the connection to confirm on.
+pub struct Takeover {
+    pub listeners: Vec<StdListener>,
+    pub admin: Option<StdListener>,
+    conn: UnixStream,
+}
+
+impl Takeover {
+    /// Tells the old process to drain; call once the workers accept.
+    pub fn confirm(mut self) -> io::Result<()> {
+        self.conn.write_all(b"DRAIN\n")
+    }
+}
+
+pub fn take_over(path: &Path) -> io::Result<Takeover> {
+    // Right after an upgrade the newest process takes the socket path over from the one it
+    // replaced: give that a moment instead of failing at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let conn = loop {
+        match UnixStream::connect(path) {
+            Ok(c) => break c,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("no running lb on upgrade socket {}: {e}", path.display()),
+                ))
+            }
+        }
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    (&conn).write_all(b"TAKEOVER\n")?;
+    let (header, fds) = recv_fds(&conn)?;
+    let header = String::from_utf8_lossy(&header);
+    let mut parts = header.split_whitespace();
+    let (Some("FDS"), Some(n), Some(admin)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad takeover answer {header:?}"),
+        ));
+    };
+    let n: usize = n
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad count"))?;
+    let admin = admin == "1";
+    if fds.len() != n + admin as usize || n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "expected {} descriptors, got {}",
+                n + admin as usize,
+                fds.len()
+            ),
+        ));
+    }
+    // SAFETY: each fd was just received with SCM_RIGHTS and is owned by nobody else here.
+    let mut all: Vec<StdListener> = fds
+        .into_iter()
+        .map(|fd| unsafe { StdListener::from_raw_fd(fd) })
+        .collect();
+    let admin = if admin { all.pop() } else { None };
+    Ok(Takeover {
+        listeners: all,
+        admin,
+        conn,
+    })
+}
+
+/// After confirming: take the upgrade socket path over from the old process, so that the next
+/// upgrade finds this one. Retries while the old process still holds it.
+pub fn serve_after_takeover(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) {
+    std::thread::spawn(move || {
+        for _ in 0..500 {
+            // The old process stops serving the path after DRAIN; wait until nobody answers.
+            if UnixStream::connect(&path).is_err() {
+                if let Err(e) = serve(path.clone(), shared.clone(), admin_fd) {
+                    tracing::warn!(error = %e, "cannot serve the upgrade socket");
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!(path = %path.display(), "old process still holds the upgrade socket; further upgrades need a restart");
+    });
+}
+
+const MAX_FDS: usize = 64;
+
+fn send_fds(conn: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS);
+    // SAFETY: msghdr/cmsghdr built per cmsg(3); buffers outlive the sendmsg call.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize;
+        let mut cbuf = vec![0u8; space];
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr(),
+            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            fds.len(),
+        );
+        if libc::sendmsg(conn.as_raw_fd(), &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fds(conn: &UnixStream) -> io::Result<(Vec<u8>, Vec<RawFd>)> {
+    // SAFETY: as above; received descriptors are read out of the control buffer.
+    unsafe {
+        let mut data = vec![0u8; 256];
+        let space = libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize;
+        let mut cbuf = vec![0u8; space];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n <= 0 {
+            return Err(if n == 0 {
+                io::ErrorKind::UnexpectedEof.into()
+            } else {
+                io::Error::last_os_error()
+            });
+        }
+        data.truncate(n as usize);
+        let mut fds = Vec::new();
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                let p = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..count {
+                    fds.push(std::ptr::read_unaligned(p.add(i)));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((data, fds))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_cross_a_unix_socket_and_still_listen() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let l = StdListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        send_fds(&a, b"FDS 1 0\n", &[l.as_raw_fd()]).unwrap();
+        let (data, fds) = recv_fds(&b).unwrap();
+        assert_eq!(data, b"FDS 1 0\n");
+        assert_eq!(fds.len(), 1);
+        drop(l);
+        // SAFETY: the received descriptor is ours now.
+        let l2 = unsafe { StdListener::from_raw_fd(fds[0]) };
+        assert_eq!(
+            l2.local_addr().unwrap(),
+            addr,
+            "the same socket, still bound"
+        );
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        l2.accept().unwrap();
+    }
+}
