@@ -125,6 +125,7 @@ pub struct FileShutdown {
 pub struct FileReplicas {
     pub count: Option<usize>,
     pub base_port: Option<u16>,
+    pub command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +294,8 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Local `backend` processes to start and supervise (the default when none is configured).
     pub replicas: Vec<ReplicaSpec>,
+    /// The replicas' command line ({port} and {id} substituted); None: the `backend` binary.
+    pub replica_command: Option<Vec<String>>,
     pub key: KeySource,
     pub hash: HashConfig,
     pub connect_timeout: Duration,
@@ -376,13 +379,15 @@ impl Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        // No backend anywhere: the built-in default is a set of local replicas that lb starts.
+        // Local replicas that lb starts and supervises: declared with replicas.command, or the
+        // built-in default when no backend is configured anywhere.
         let mut replicas = Vec::new();
         let mut backends = backends;
-        if backends.is_empty() {
+        let declared = file.replicas.command.is_some();
+        if declared || backends.is_empty() {
             let count = file.replicas.count.unwrap_or(DEFAULT_REPLICAS);
             let base = file.replicas.base_port.unwrap_or(DEFAULT_REPLICA_BASE_PORT);
-            if count == 0 {
+            if count == 0 && backends.is_empty() {
                 return Err(invalid(
                     "backends",
                     "no backends configured and replicas.count = 0: add [[backends]] entries, set BACKEND_SERVERS=host:port,host:port or pass --backend host:port",
@@ -394,15 +399,20 @@ impl Config {
                     format!("count {count} from base_port {base} does not fit: use 1..64 replicas on ports that exist"),
                 ));
             }
+            if let Some(cmd) = &file.replicas.command {
+                if cmd.is_empty() || !cmd.iter().any(|a| a.contains("{port}")) {
+                    return Err(invalid(
+                        "replicas.command",
+                        "give the program and its arguments, with {port} where the replica's port goes (and {id} for its name), e.g. [\"backend\", \"--listen\", \"127.0.0.1:{port}\", \"--id\", \"{id}\"]",
+                    ));
+                }
+            }
             replicas = default_specs(count, base);
-            backends = replicas
-                .iter()
-                .map(|r| BackendConfig {
-                    name: r.id.clone(),
-                    address: r.addr,
-                    weight: DEFAULT_WEIGHT,
-                })
-                .collect();
+            backends.extend(replicas.iter().map(|r| BackendConfig {
+                name: r.id.clone(),
+                address: r.addr,
+                weight: DEFAULT_WEIGHT,
+            }));
         }
         for (i, b) in backends.iter().enumerate() {
             if backends[..i].iter().any(|o| o.name == b.name) {
@@ -603,6 +613,7 @@ impl Config {
             algorithm,
             backends,
             replicas,
+            replica_command: file.replicas.command.clone(),
             key,
             hash,
             connect_timeout,
@@ -775,6 +786,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.backends[1].address.to_string(), "127.0.0.1:7001");
+        let c = build(
+            &format!("{TWO}\n[replicas]\ncount = 2\nbase_port = 7000\ncommand = [\"srv\", \"-p\", \"{{port}}\"]\n"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.backends.len(),
+            4,
+            "declared replicas join the configured backends"
+        );
+        let e = build(
+            &format!("{TWO}\n[replicas]\ncommand = [\"srv\"]\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("replicas.command") && e.contains("{port}"),
+            "{e}"
+        );
         let e = build("[replicas]\ncount = 0\n", Overrides::default())
             .unwrap_err()
             .to_string();

@@ -120,7 +120,7 @@ fn main() {
         std::process::exit(1);
     }
     if !config.replicas.is_empty() {
-        if let Err(e) = start_replicas(&config) {
+        if let Err(e) = start_replicas(&config, started.clone()) {
             eprintln!("lb: {e}");
             std::process::exit(1);
         }
@@ -206,14 +206,30 @@ fn serve(
 }
 
 /// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
-fn start_replicas(config: &Config) -> Result<(), String> {
+fn start_replicas(
+    config: &Config,
+    started: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<lb::runtime::Shared>>>,
+) -> Result<(), String> {
     use lb::control::replicas;
-    let binary = replicas::backend_binary()?;
+    let program = match &config.replica_command {
+        Some(argv) => replicas::Program::Command(argv.clone()),
+        None => replicas::Program::Backend(replicas::backend_binary()?),
+    };
+    // The supervisor restarts a replica its health checks hold down, once lb is serving.
+    let down: replicas::DownProbe = std::sync::Arc::new(move |id: &str| {
+        started.get().is_some_and(|s| {
+            s.set
+                .load()
+                .backends
+                .iter()
+                .any(|b| b.name == id && b.health == lb::upstream::set::Health::Down)
+        })
+    });
     tracing::info!(
         count = config.replicas.len(),
-        "no backend configured: starting local backend replicas (pass --backend or BACKEND_SERVERS to use your own)"
+        "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
     );
-    replicas::start(binary, config.replicas.clone())
+    replicas::start(program, config.replicas.clone(), down)
         .map_err(|e| format!("cannot start local replicas: {e}"))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for r in &config.replicas {

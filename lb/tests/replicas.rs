@@ -94,3 +94,46 @@ fn replicas_stop_when_lb_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_declared_replica_that_fails_its_checks_is_restarted_and_rejoins() {
+    let base = free_port_run(2);
+    let bin = workspace_bin("backend");
+    let toml = format!(
+        "[health]\ncheck = \"http\"\ninterval_ms = 100\ntimeout_ms = 100\nrise = 2\nfall = 2\nslow_start_ms = 0\n\
+         [replicas]\ncount = 2\nbase_port = {base}\ncommand = [\"{}\", \"--listen\", \"127.0.0.1:{{port}}\", \"--id\", \"r-{{id}}\"]\n",
+        bin.display()
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let ids: std::collections::HashSet<String> = (0..6)
+        .map(|_| request_id(lb.addr, None, "").unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let before = children_of(lb.child.id());
+    assert_eq!(before.len(), 2);
+    // Make replica s1 fail its checks while it keeps running.
+    let s1: std::net::SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+    let mut s = std::net::TcpStream::connect(s1).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"POST /admin/health/fail HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // Bound: out after fall checks (~0.4 s), restarted once past the 3 s start grace, healthy
+    // again after rise checks: well within 8 s.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let now = children_of(lb.child.id());
+        let ids: std::collections::HashSet<String> = (0..4)
+            .filter_map(|_| request_id(lb.addr, None, "").ok())
+            .collect();
+        if now.len() == 2 && now.iter().any(|p| !before.contains(p)) && ids.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica not replaced: {before:?} -> {now:?}, serving {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Replicas started when no backend is configured.
@@ -48,6 +49,20 @@ pub fn backend_binary() -> Result<PathBuf, String> {
     }
 }
 
+/// What to run: the `backend` binary (`--listen ADDR --id ID`), or a configured command line
+/// with `{port}`, `{host}` and `{id}` substituted.
+#[derive(Clone, Debug)]
+pub enum Program {
+    Backend(PathBuf),
+    Command(Vec<String>),
+}
+
+/// Tells whether the health checks currently hold a replica down.
+pub type DownProbe = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A replica held down by its checks this long after starting is killed and restarted.
+const CHECK_GRACE: Duration = Duration::from_secs(3);
+
 struct Replica {
     spec: ReplicaSpec,
     child: Option<Child>,
@@ -58,10 +73,10 @@ struct Replica {
 
 /// Starts the replicas and a thread that restarts any that exits. Children get SIGTERM when
 /// `lb` dies (PR_SET_PDEATHSIG), so none is left behind.
-pub fn start(binary: PathBuf, specs: Vec<ReplicaSpec>) -> std::io::Result<()> {
+pub fn start(program: Program, specs: Vec<ReplicaSpec>, down: DownProbe) -> std::io::Result<()> {
     let mut replicas = Vec::with_capacity(specs.len());
     for spec in specs {
-        let child = spawn(&binary, &spec)?;
+        let child = spawn(&program, &spec)?;
         tracing::info!(id = %spec.id, addr = %spec.addr, pid = child.id(), "started local backend replica");
         replicas.push(Replica {
             spec,
@@ -73,14 +88,29 @@ pub fn start(binary: PathBuf, specs: Vec<ReplicaSpec>) -> std::io::Result<()> {
     }
     std::thread::Builder::new()
         .name("lb-replicas".into())
-        .spawn(move || supervise(binary, replicas))?;
+        .spawn(move || supervise(program, replicas, down))?;
     Ok(())
 }
 
-fn spawn(binary: &PathBuf, spec: &ReplicaSpec) -> std::io::Result<Child> {
-    let mut cmd = Command::new(binary);
-    cmd.args(["--listen", &spec.addr.to_string(), "--id", &spec.id])
-        .stdin(Stdio::null())
+fn spawn(program: &Program, spec: &ReplicaSpec) -> std::io::Result<Child> {
+    let mut cmd = match program {
+        Program::Backend(binary) => {
+            let mut c = Command::new(binary);
+            c.args(["--listen", &spec.addr.to_string(), "--id", &spec.id]);
+            c
+        }
+        Program::Command(argv) => {
+            let fill = |a: &String| {
+                a.replace("{port}", &spec.addr.port().to_string())
+                    .replace("{host}", &spec.addr.ip().to_string())
+                    .replace("{id}", &spec.id)
+            };
+            let mut c = Command::new(fill(&argv[0]));
+            c.args(argv[1..].iter().map(fill));
+            c
+        }
+    };
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
@@ -100,13 +130,23 @@ fn spawn(binary: &PathBuf, spec: &ReplicaSpec) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn supervise(binary: PathBuf, mut replicas: Vec<Replica>) {
+fn supervise(program: Program, mut replicas: Vec<Replica>, down: DownProbe) {
     loop {
         std::thread::sleep(POLL);
         let now = Instant::now();
         for r in &mut replicas {
             if let Some(child) = &mut r.child {
                 match child.try_wait() {
+                    Ok(None) if now.duration_since(r.started) > CHECK_GRACE && down(&r.spec.id) => {
+                        // Alive but failing its checks: replace it like one that exited.
+                        tracing::warn!(id = %r.spec.id, pid = child.id(), "local backend replica fails its health checks; restarting it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        r.child = None;
+                        r.backoff = Duration::from_millis(100);
+                        r.restart_at = Some(now);
+                        r.started = now;
+                    }
                     Ok(None) => continue,
                     Ok(Some(status)) => {
                         let quick = now.duration_since(r.started) < QUICK_EXIT;
@@ -123,7 +163,7 @@ fn supervise(binary: PathBuf, mut replicas: Vec<Replica>) {
                 }
             }
             if r.child.is_none() && r.restart_at.is_some_and(|t| now >= t) {
-                match spawn(&binary, &r.spec) {
+                match spawn(&program, &r.spec) {
                     Ok(child) => {
                         tracing::info!(id = %r.spec.id, addr = %r.spec.addr, pid = child.id(), "restarted local backend replica");
                         r.child = Some(child);
