@@ -29,6 +29,7 @@ pub const DEFAULT_RETRY_TRIES: u32 = 3;
 pub const DEFAULT_RETRY_BUDGET_MS: u64 = 3_000;
 pub const DEFAULT_EJECT_MS: u64 = 2_000;
 pub const DEFAULT_EJECT_MAX_MS: u64 = 30_000;
+pub const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 5_000;
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
 pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
 pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
@@ -89,6 +90,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub health: FileHealth,
     #[serde(default)]
+    pub discovery: FileDiscovery,
+    #[serde(default)]
     pub admin: FileAdmin,
     #[serde(default)]
     pub shutdown: FileShutdown,
@@ -134,6 +137,14 @@ pub struct FileBackend {
     pub address: String,
     pub name: Option<String>,
     pub weight: Option<u32>,
+    pub discover: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    pub interval_ms: Option<u64>,
+    pub hosts_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +289,16 @@ pub enum RelayMode {
 
 pub const DEFAULT_RELAY_MODE: RelayMode = RelayMode::Completion;
 
+/// A DNS name whose addresses are backends (e.g. a compose service scaled to N replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverSpec {
+    /// Backends from it are named `NAME@IP`.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
     pub name: String,
@@ -296,6 +317,11 @@ pub struct Config {
     pub replicas: Vec<ReplicaSpec>,
     /// The replicas' command line ({port} and {id} substituted); None: the `backend` binary.
     pub replica_command: Option<Vec<String>>,
+    /// Names re-resolved at run time into one backend per address.
+    pub discover: Vec<DiscoverSpec>,
+    pub discovery_interval: Duration,
+    /// Looked up before the system resolver (hosts(5) format).
+    pub discovery_hosts_file: Option<PathBuf>,
     pub key: KeySource,
     pub hash: HashConfig,
     pub connect_timeout: Duration,
@@ -360,6 +386,42 @@ impl Config {
             .parse::<Algorithm>()
             .map_err(|e| invalid("algorithm", e.to_string()))?;
 
+        // `discover = true` entries are DNS names re-resolved at run time, one backend per address.
+        let mut discover = Vec::new();
+        if over.backends.is_none() {
+            for (i, b) in file
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.discover == Some(true))
+            {
+                let key = format!("backends[{i}]");
+                let (host, port) = b
+                    .address
+                    .trim()
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| {
+                        Some((h.to_string(), p.parse::<u16>().ok().filter(|p| *p != 0)?))
+                    })
+                    .ok_or_else(|| invalid(&key, format!("'{}' is not name:port", b.address)))?;
+                let weight = b.weight.unwrap_or(DEFAULT_WEIGHT);
+                if !(1..=MAX_WEIGHT).contains(&weight) {
+                    return Err(invalid(
+                        &format!("{key}.weight"),
+                        format!("must be between 1 and {MAX_WEIGHT} (got {weight})"),
+                    ));
+                }
+                discover.push(DiscoverSpec {
+                    name: b
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| b.address.trim().to_string()),
+                    host,
+                    port,
+                    weight,
+                });
+            }
+        }
         let backends = match over.backends {
             Some(list) => list
                 .iter()
@@ -369,6 +431,7 @@ impl Config {
                 .backends
                 .iter()
                 .enumerate()
+                .filter(|(_, b)| b.discover != Some(true))
                 .map(|(i, b)| {
                     backend_from_parts(
                         &format!("backends[{i}]"),
@@ -384,7 +447,7 @@ impl Config {
         let mut replicas = Vec::new();
         let mut backends = backends;
         let declared = file.replicas.command.is_some();
-        if declared || backends.is_empty() {
+        if declared || (backends.is_empty() && discover.is_empty()) {
             let count = file.replicas.count.unwrap_or(DEFAULT_REPLICAS);
             let base = file.replicas.base_port.unwrap_or(DEFAULT_REPLICA_BASE_PORT);
             if count == 0 && backends.is_empty() {
@@ -614,6 +677,13 @@ impl Config {
             backends,
             replicas,
             replica_command: file.replicas.command.clone(),
+            discovery_interval: millis(
+                "discovery.interval_ms",
+                file.discovery.interval_ms,
+                DEFAULT_DISCOVERY_INTERVAL_MS,
+            )?,
+            discovery_hosts_file: file.discovery.hosts_file.clone(),
+            discover,
             key,
             hash,
             connect_timeout,

@@ -461,3 +461,46 @@ fn a_takeover_without_a_running_lb_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no running lb on upgrade socket"), "{err}");
 }
+
+#[test]
+fn discovery_follows_a_name_whose_addresses_change() {
+    let a = backend("a");
+    let port = a.addr.port();
+    // The same port on another loopback address: a second "replica" of the service.
+    let b = start(
+        "backend",
+        &["--listen", &format!("127.0.0.2:{port}"), "--id", "b"],
+        &[],
+    );
+    let hosts = support::tempfile_path::TempPath::new("lb-hosts", "txt");
+    std::fs::write(&hosts.0, "127.0.0.1 svc\n").unwrap();
+    let toml = format!(
+        "[health]\ncheck = \"none\"\n[discovery]\ninterval_ms = 100\nhosts_file = \"{}\"\n\
+         [[backends]]\naddress = \"svc:{port}\"\ndiscover = true\n",
+        hosts.0.display()
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    wait_for("first lookup", Duration::from_secs(3), || {
+        request_id(lb.addr, None, "").is_ok()
+    });
+    for _ in 0..5 {
+        assert_eq!(request_id(lb.addr, None, "").unwrap(), "a");
+    }
+    // Scale up: the name now has two addresses.
+    std::fs::write(&hosts.0, "127.0.0.1 svc\n127.0.0.2 svc\n").unwrap();
+    wait_for("second address joins", Duration::from_secs(3), || {
+        (0..6)
+            .filter_map(|_| request_id(lb.addr, None, "").ok())
+            .any(|id| id == "b")
+    });
+    assert_eq!(backend_state(&lb, &format!("svc:{port}@127.0.0.2")), "up");
+    // Scale down: the first address leaves.
+    std::fs::write(&hosts.0, "127.0.0.2 svc\n").unwrap();
+    wait_for("first address leaves", Duration::from_secs(3), || {
+        backend_state(&lb, &format!("svc:{port}@127.0.0.1")) == "absent"
+    });
+    for _ in 0..5 {
+        assert_eq!(request_id(lb.addr, None, "").unwrap(), "b");
+    }
+    drop(b);
+}

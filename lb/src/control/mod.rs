@@ -1,8 +1,9 @@
-//! Control plane: everything that is not on the data path. It runs on its own thread
-//! (`lb-control`) with its own runtime, once per process, and talks to the workers only through
+//! Control plane: everything that is not on the data path. It runs on its own threads
+//! (`lb-control` with its own runtime, `lb-discovery` for blocking DNS lookups), once per process, and talks to the workers only through
 //! published snapshots and shared counters.
 
 pub mod admin;
+pub mod discovery;
 pub mod health;
 pub mod reload;
 pub mod replicas;
@@ -15,6 +16,7 @@ use crate::runtime::Shared;
 
 /// Starts the control thread: the admin API (if `admin` is given) and the active health checks.
 pub fn start(shared: Arc<Shared>, admin: Option<StdListener>) -> std::io::Result<()> {
+    discovery::start(shared.clone())?;
     std::thread::Builder::new()
         .name("lb-control".into())
         .spawn(move || {
