@@ -13,11 +13,7 @@ pub struct LeastConnections {
 impl LeastConnections {
     /// The tie-break cursor starts at `seed % n`, so cores do not all break ties the same way.
     pub fn new(n: usize, seed: u64) -> LeastConnections {
-        let cursor = if n == 0 {
-            0
-        } else {
-            (seed % n as u64) as usize
-        };
+        let cursor = super::start_cursor(n, seed);
         LeastConnections { cursor }
     }
 }

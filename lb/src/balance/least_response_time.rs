@@ -20,11 +20,7 @@ pub struct LeastResponseTime {
 impl LeastResponseTime {
     /// The tie-break cursor starts at `seed % n`, so cores do not all break ties the same way.
     pub fn new(n: usize, seed: u64) -> LeastResponseTime {
-        let cursor = if n == 0 {
-            0
-        } else {
-            (seed % n as u64) as usize
-        };
+        let cursor = super::start_cursor(n, seed);
         LeastResponseTime { cursor }
     }
 }

@@ -293,6 +293,16 @@ impl Balancer {
 }
 
 /// H(i): the key for the hash algorithms from request bytes (cookie, header value).
+/// Where a rotating cursor over `n` backends starts: `seed % n`, so that cores seeded with their
+/// index do not all begin (or break ties) on backend 0.
+pub(crate) fn start_cursor(n: usize, seed: u64) -> usize {
+    if n == 0 {
+        0
+    } else {
+        (seed % n as u64) as usize
+    }
+}
+
 pub fn key_from_bytes(h: &HashConfig, bytes: &[u8]) -> u64 {
     h.key_hash.hash(bytes)
 }

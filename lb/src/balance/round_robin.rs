@@ -12,11 +12,7 @@ impl RoundRobin {
     /// Starts at `seed % n`: cores seeded with their index then open on different backends
     /// instead of all sending their first connection to backend 0.
     pub fn new(n: usize, seed: u64) -> RoundRobin {
-        let next = if n == 0 {
-            0
-        } else {
-            (seed % n as u64) as usize
-        };
+        let next = super::start_cursor(n, seed);
         RoundRobin { next }
     }
 }

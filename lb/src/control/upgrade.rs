@@ -203,6 +203,18 @@ pub fn serve_after_takeover(path: PathBuf, shared: Arc<Shared>, admin_fd: Option
 
 const MAX_FDS: usize = 64;
 
+/// One data buffer plus a control buffer for the descriptors. The result points into both, so
+/// they must outlive its use.
+fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; every field we rely on is set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = cbuf.len() as _;
+    msg
+}
+
 fn send_fds(conn: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS);
     // SAFETY: msghdr/cmsghdr built per cmsg(3); buffers outlive the sendmsg call.
@@ -213,11 +225,7 @@ fn send_fds(conn: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
             iov_base: data.as_ptr() as *mut _,
             iov_len: data.len(),
         };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let msg = msghdr(&mut iov, &mut cbuf);
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -244,11 +252,7 @@ fn recv_fds(conn: &UnixStream) -> io::Result<(Vec<u8>, Vec<RawFd>)> {
             iov_base: data.as_mut_ptr().cast(),
             iov_len: data.len(),
         };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
+        let mut msg = msghdr(&mut iov, &mut cbuf);
         let n = libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n <= 0 {
             return Err(if n == 0 {
