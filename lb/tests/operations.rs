@@ -267,6 +267,10 @@ fn reload_under_load_costs_no_failed_request() {
         &config_for(&[("a", &a), ("b", &b)], "[health]\ncheck = \"none\"\n"),
         &[],
     );
+    let load = loadgen_background(
+        lb.addr,
+        &["--new-connection", "--conns", "8", "--duration", "3s"],
+    );
     let addr = lb.addr;
     let client = std::thread::spawn(move || {
         let mut failed = 0;
@@ -289,6 +293,17 @@ fn reload_under_load_costs_no_failed_request() {
         std::thread::sleep(Duration::from_millis(30));
     }
     assert_eq!(client.join().unwrap(), 0);
+    let report = load.join().unwrap();
+    assert_eq!(
+        report["errors"], 0,
+        "loadgen counted failures: {}",
+        report["errors_by_kind"]
+    );
+    assert!(
+        report["requests"].as_u64().unwrap() > 100,
+        "{}",
+        report["requests"]
+    );
 }
 
 #[test]
@@ -378,6 +393,10 @@ fn ten_binary_upgrades_under_a_stream_of_new_connections_fail_no_request() {
     );
     let (first, cfg) = lb_with_config(&toml, &["--upgrade-socket", &sock_path]);
     let addr = first.addr;
+    let load = loadgen_background(
+        addr,
+        &["--new-connection", "--conns", "8", "--duration", "6s"],
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
     let (stop2, served2) = (stop.clone(), served.clone());
@@ -431,6 +450,17 @@ fn ten_binary_upgrades_under_a_stream_of_new_connections_fail_no_request() {
             || served.load(Ordering::Relaxed) > before + 20,
         );
     }
+    let report = load.join().unwrap();
+    assert_eq!(
+        report["errors"], 0,
+        "loadgen counted failures: {}",
+        report["errors_by_kind"]
+    );
+    assert!(
+        report["requests"].as_u64().unwrap() > 100,
+        "{}",
+        report["requests"]
+    );
     stop.store(true, Ordering::Relaxed);
     let failures = client.join().unwrap();
     assert!(

@@ -186,3 +186,26 @@ pub fn request_id(
         })
         .ok_or_else(|| std::io::Error::other("no X-Server-Id"))
 }
+
+/// Runs `loadgen` against `addr` in the background with `args` and returns its JSON report:
+/// the project's own instrument counts every failed request by kind.
+pub fn loadgen_background(
+    addr: SocketAddr,
+    args: &[&str],
+) -> std::thread::JoinHandle<serde_json::Value> {
+    let bin = workspace_bin("loadgen");
+    let out = tempfile_path::TempPath::new("lb-loadgen", "json");
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("http://{addr}/"))
+        .args(args)
+        .arg("--json")
+        .arg(&out.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::thread::spawn(move || {
+        let status = cmd.status().expect("run loadgen");
+        assert!(status.success(), "loadgen failed: {status:?}");
+        serde_json::from_str(&std::fs::read_to_string(&out.0).unwrap()).unwrap()
+    })
+}
