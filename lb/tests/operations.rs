@@ -306,13 +306,16 @@ fn reload_under_load_costs_no_failed_request() {
     );
 }
 
-#[test]
-fn sigterm_lets_an_open_connection_finish_and_refuses_new_ones() {
+/// lb in front of an echo backend with `shutdown` settings, and one connection through it that
+/// has already echoed once.
+fn lb_with_an_open_echo(
+    shutdown: &str,
+) -> (Proc, Proc, support::tempfile_path::TempPath, TcpStream) {
     let echo = echo_backend();
-    let (mut lb, _cfg) = lb_with_config(
+    let (lb, cfg) = lb_with_config(
         &config_for(
             &[("e", &echo)],
-            "[health]\ncheck = \"none\"\n[shutdown]\ngrace_ms = 5000\n",
+            &format!("[health]\ncheck = \"none\"\n[shutdown]\n{shutdown}\n"),
         ),
         &[],
     );
@@ -321,6 +324,13 @@ fn sigterm_lets_an_open_connection_finish_and_refuses_new_ones() {
     open.write_all(b"before").unwrap();
     let mut buf = [0u8; 6];
     open.read_exact(&mut buf).unwrap();
+    (echo, lb, cfg, open)
+}
+
+#[test]
+fn sigterm_lets_an_open_connection_finish_and_refuses_new_ones() {
+    let (_echo, mut lb, _cfg, mut open) = lb_with_an_open_echo("grace_ms = 5000");
+    let mut buf = [0u8; 6];
     // SAFETY: signals the lb child this test started.
     unsafe { libc::kill(lb.child.id() as i32, libc::SIGTERM) };
     // New connections stop being served (the listener goes away within a tick).
@@ -354,19 +364,8 @@ fn sigterm_lets_an_open_connection_finish_and_refuses_new_ones() {
 
 #[test]
 fn sigint_closes_what_is_left_at_its_short_deadline() {
-    let echo = echo_backend();
-    let (mut lb, _cfg) = lb_with_config(
-        &config_for(
-            &[("e", &echo)],
-            "[health]\ncheck = \"none\"\n[shutdown]\ninterrupt_grace_ms = 300\n",
-        ),
-        &[],
-    );
-    let mut open = TcpStream::connect(lb.addr).unwrap();
-    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    open.write_all(b"x").unwrap();
+    let (_echo, mut lb, _cfg, mut open) = lb_with_an_open_echo("interrupt_grace_ms = 300");
     let mut b = [0u8; 1];
-    open.read_exact(&mut b).unwrap();
     let start = Instant::now();
     // SAFETY: signals the lb child this test started.
     unsafe { libc::kill(lb.child.id() as i32, libc::SIGINT) };
