@@ -172,8 +172,29 @@ pub fn request_id(
         s,
         "GET / HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n"
     )?;
+    // Read exactly one response, then close first: the client then keeps the TIME_WAIT, so its
+    // kernel never reuses a port whose previous connection lb still holds in TIME_WAIT (with
+    // thousands of new connections a minute, that reuse resets connections on loopback).
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        resp.extend_from_slice(&chunk[..n]);
+        if let Some(head_end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&resp[..head_end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|len| resp.len() >= head_end + 4 + len) {
+                break;
+            }
+        }
+    }
+    drop(s);
     let text = String::from_utf8_lossy(&resp);
     if !text.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("bad response: {text:?}")));
