@@ -215,6 +215,9 @@ fn start_replicas(
         Some(argv) => replicas::Program::Command(argv.clone()),
         None => replicas::Program::Backend(replicas::backend_binary()?),
     };
+    let serving = started.clone();
+    let stopping: replicas::StopProbe =
+        std::sync::Arc::new(move || serving.get().is_some_and(|s| s.lifecycle.stopping()));
     // The supervisor restarts a replica its health checks hold down, once lb is serving.
     let down: replicas::DownProbe = std::sync::Arc::new(move |id: &str| {
         started.get().is_some_and(|s| {
@@ -229,7 +232,7 @@ fn start_replicas(
         count = config.replicas.len(),
         "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
     );
-    replicas::start(program, config.replicas.clone(), down)
+    replicas::start(program, config.replicas.clone(), down, stopping)
         .map_err(|e| format!("cannot start local replicas: {e}"))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for r in &config.replicas {

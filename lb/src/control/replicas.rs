@@ -59,6 +59,8 @@ pub enum Program {
 
 /// Tells whether the health checks currently hold a replica down.
 pub type DownProbe = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Tells whether lb is stopping: then replicas that exit are not restarted.
+pub type StopProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// A replica held down by its checks this long after starting is killed and restarted.
 const CHECK_GRACE: Duration = Duration::from_secs(3);
@@ -73,7 +75,12 @@ struct Replica {
 
 /// Starts the replicas and a thread that restarts any that exits. Children get SIGTERM when
 /// `lb` dies (PR_SET_PDEATHSIG), so none is left behind.
-pub fn start(program: Program, specs: Vec<ReplicaSpec>, down: DownProbe) -> std::io::Result<()> {
+pub fn start(
+    program: Program,
+    specs: Vec<ReplicaSpec>,
+    down: DownProbe,
+    stopping: StopProbe,
+) -> std::io::Result<()> {
     let mut replicas = Vec::with_capacity(specs.len());
     for spec in specs {
         let child = spawn(&program, &spec)?;
@@ -88,7 +95,7 @@ pub fn start(program: Program, specs: Vec<ReplicaSpec>, down: DownProbe) -> std:
     }
     std::thread::Builder::new()
         .name("lb-replicas".into())
-        .spawn(move || supervise(program, replicas, down))?;
+        .spawn(move || supervise(program, replicas, down, stopping))?;
     Ok(())
 }
 
@@ -130,9 +137,13 @@ fn spawn(program: &Program, spec: &ReplicaSpec) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn supervise(program: Program, mut replicas: Vec<Replica>, down: DownProbe) {
+fn supervise(program: Program, mut replicas: Vec<Replica>, down: DownProbe, stopping: StopProbe) {
     loop {
         std::thread::sleep(POLL);
+        if stopping() {
+            // Shutting down (a signal may have reached the replicas too): no restarts.
+            continue;
+        }
         let now = Instant::now();
         for r in &mut replicas {
             if let Some(child) = &mut r.child {
