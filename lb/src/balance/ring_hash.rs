@@ -122,11 +122,7 @@ mod tests {
 
     /// The backend name each of `n` keys maps to with every backend eligible.
     fn names(s: &[BackendSpec], h: &HashConfig, n: u64) -> Vec<String> {
-        let mut r = RingHash::new(s, h, 0);
-        let c = Candidate::all_eligible(s);
-        keys(h, n)
-            .map(|k| s[r.pick(&c, Some(k)).unwrap()].name.clone())
-            .collect()
+        key_names(&mut RingHash::new(s, h, 0), s, h, n)
     }
 
     #[test]
@@ -292,14 +288,7 @@ mod tests {
             node_hash: HashFn::Fnv1a,
             ..HashConfig::default()
         };
-        let s = specs(5);
-        let c = Candidate::all_eligible(&s);
-        let mut b = RingHash::new(&s, &h, 0);
-        let mut counts = [0usize; 5];
-        for last in 0..=255u8 {
-            let ip = std::net::IpAddr::from([10, 1, 2, last]);
-            counts[b.pick(&c, Some(super::super::key_from_ip(&h, ip))).unwrap()] += 1;
-        }
+        let counts = slash_24_counts(&mut RingHash::new(&specs(5), &h, 0), &h, 5);
         assert!(counts.iter().all(|&n| n > 25), "{counts:?}");
     }
 
