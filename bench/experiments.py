@@ -6,8 +6,10 @@
   A-2 scaling:      2..6 backends, 10,000 new-connection requests each, for a subset of the
       algorithms: how even is the load per backend (stdev as % of the mean), and the throughput.
 
-Usage:  python3 bench/experiments.py a1|a2|all [--requests N] [--conns C] [--build]
-Writes bench-results/a1-distribution/ and bench-results/a2-scaling/ (JSON, CSV, SVG, summary.md).
+  A-3 failover, A-4 hashing, sticky sessions and saturation live in bench/exp_*.py.
+
+Usage:  python3 bench/experiments.py [--build] EXPERIMENT [options]    (EXPERIMENT --help for its options)
+Each writes bench-results/<experiment>/ (JSON, CSV, SVG, summary.md).
 Processes: lb pinned to CPU 0, loadgen pinned to CPU 1 (when the machine has 2+ CPUs), the
 backends unpinned; every process is stopped by its PID.
 """
@@ -15,55 +17,27 @@ backends unpinned; every process is stopped by its PID.
 import argparse
 import csv
 import json
-import math
-import os
 import statistics
 import sys
 import time
-from html import escape
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lbbench  # noqa: E402
-from lbbench import ROOT, backend_proc, free_port, lb_proc, loadgen_json, log  # noqa: E402
+from lbbench import backend_proc, free_port, lb_proc, loadgen_json, log  # noqa: E402
+from expcommon import (LB_CPU, LG_CPU, TW_LIMIT, machine_line, out_dir, pinning_line,  # noqa: E402
+                       retry_note, time_wait_sockets, wait_quiet)
+from svgchart import bar_chart, line_chart  # noqa: E402
 
 ALL_ALGORITHMS = ["round_robin", "weighted_round_robin", "least_connections", "least_response_time",
                   "random", "power_of_two", "consistent_hash", "maglev"]
 A2_ALGORITHMS = ["round_robin", "least_connections", "consistent_hash", "maglev"]
 A2_SIZES = [2, 3, 4, 5, 6]
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-
-TW_LIMIT = 45000
-NCPU = os.cpu_count() or 1
-LB_CPU = 0 if NCPU >= 2 else None
-LG_CPU = 1 if NCPU >= 2 else None
 
 
 # ---------------------------------------------------------------------------------------------
 # Running one configuration
 # ---------------------------------------------------------------------------------------------
-
-def time_wait_sockets():
-    try:
-        for line in open("/proc/net/sockstat"):
-            if line.startswith("TCP:"):
-                f = line.split()
-                return int(f[f.index("tw") + 1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def wait_quiet(limit=TW_LIMIT, max_wait=45.0):
-    """Every request here opens two loopback connections (client-lb, lb-backend) that end in TIME_WAIT;
-    after a few hundred thousand of them connects start to fail, so let the kernel drain them first."""
-    t0 = time.time()
-    while time_wait_sockets() > limit and time.time() - t0 < max_wait:
-        time.sleep(1)
-    waited = time.time() - t0
-    if waited > 1:
-        log(f"  waited {waited:.0f}s for TIME_WAIT sockets to drain (now {time_wait_sockets()})")
-
 
 def run_one(algorithm, n_backends, requests, conns, retries=2):
     """run_once, repeated (after a pause) when the run had errors; earlier attempts are kept."""
@@ -128,180 +102,6 @@ def run_once(algorithm, n_backends, requests, conns):
 # ---------------------------------------------------------------------------------------------
 # SVG charts (hand-written, no dependencies)
 # ---------------------------------------------------------------------------------------------
-
-def nice_ticks(vmax, count=5):
-    """Round tick values 0..>=vmax."""
-    if vmax <= 0:
-        return [0, 1]
-    raw = vmax / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = mag
-    for m in (1, 2, 2.5, 5, 10):
-        if mag * m >= raw:
-            step = mag * m
-            break
-    ticks = []
-    v = 0.0
-    while v < vmax + step * 0.999:
-        ticks.append(round(v, 10))
-        v += step
-    return ticks
-
-
-def fmt_tick(v):
-    if v == int(v):
-        return f"{int(v):,}"
-    return f"{v:g}"
-
-
-def _svg_open(w, h, title):
-    return [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-            f'font-family="Helvetica, Arial, sans-serif" font-size="12">',
-            f'<title>{escape(title)}</title>',
-            f'<rect x="0" y="0" width="{w}" height="{h}" fill="#ffffff"/>',
-            f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">{escape(title)}</text>']
-
-
-def _y_axis(parts, left, top, pw, ph, ticks, y_title):
-    ymax = ticks[-1]
-    for t in ticks:
-        y = top + ph - ph * t / ymax
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e0e0e0"/>')
-        parts.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
-        parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t)}</text>')
-    cy = top + ph / 2
-    parts.append(f'<text x="18" y="{cy}" text-anchor="middle" transform="rotate(-90 18 {cy})" '
-                 f'font-size="13">{escape(y_title)}</text>')
-    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
-    parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
-
-
-def _legend(parts, x, y, names, colors, marker="rect"):
-    for i, (name, col) in enumerate(zip(names, colors)):
-        yy = y + i * 20
-        if marker == "rect":
-            parts.append(f'<rect x="{x}" y="{yy - 10}" width="14" height="12" fill="{col}"/>')
-        else:
-            parts.append(f'<line x1="{x - 2}" y1="{yy - 4}" x2="{x + 16}" y2="{yy - 4}" stroke="{col}" stroke-width="2.5"/>')
-            parts.append(f'<circle cx="{x + 7}" cy="{yy - 4}" r="3.5" fill="{col}"/>')
-        parts.append(f'<text x="{x + 22}" y="{yy}">{escape(name)}</text>')
-
-
-def bar_chart(path, title, categories, series, values, x_title, y_title, ref_line=None, ref_label=None,
-              width=980, height=520):
-    """Grouped bars: values[s][c] for series s (legend) at category c (x axis)."""
-    left, right, top, bottom = 78, 130, 44, 115
-    pw, ph = width - left - right, height - top - bottom
-    vmax = max([max(v) for v in values] + [ref_line or 0])
-    ticks = nice_ticks(vmax * 1.05)
-    ymax = ticks[-1]
-    parts = _svg_open(width, height, title)
-    _y_axis(parts, left, top, pw, ph, ticks, y_title)
-    gw = pw / len(categories)
-    bw = gw * 0.8 / len(series)
-    colors = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
-    for ci, cat in enumerate(categories):
-        gx = left + ci * gw + gw * 0.1
-        for si in range(len(series)):
-            v = values[si][ci]
-            bh = ph * v / ymax
-            x = gx + si * bw
-            parts.append(f'<rect x="{x:.1f}" y="{top + ph - bh:.1f}" width="{bw - 1:.1f}" height="{bh:.1f}" '
-                         f'fill="{colors[si]}"><title>{escape(cat)} {escape(series[si])}: {v:,}</title></rect>')
-            if v == 0:
-                parts.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph - 4:.1f}" text-anchor="middle" '
-                             f'font-size="10" fill="{colors[si]}">0</text>')
-        cx = left + ci * gw + gw / 2
-        parts.append(f'<line x1="{cx:.1f}" y1="{top + ph}" x2="{cx:.1f}" y2="{top + ph + 5}" stroke="#333"/>')
-        ly = top + ph + 16
-        parts.append(f'<text x="{cx:.1f}" y="{ly}" text-anchor="end" font-size="12" '
-                     f'transform="rotate(-25 {cx:.1f} {ly})">{escape(cat)}</text>')
-    if ref_line is not None:
-        y = top + ph - ph * ref_line / ymax
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#555" '
-                     f'stroke-dasharray="6 4"/>')
-        if ref_label:
-            parts.append(f'<text x="{left + pw + 6}" y="{y + 4:.1f}" font-size="11" fill="#555">{escape(ref_label)}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 14}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
-    _legend(parts, left + pw + 16, top + 14, series, colors)
-    parts.append("</svg>")
-    Path(path).write_text("\n".join(parts) + "\n")
-
-
-def line_chart(path, title, xs, series, x_title, y_title, width=820, height=460, note=None):
-    """One line per series: series = {name: [y per x]} (None = no point)."""
-    left, right, top, bottom = 78, 190, 44, 70
-    pw, ph = width - left - right, height - top - bottom
-    vmax = max(v for ys in series.values() for v in ys if v is not None)
-    ticks = nice_ticks(vmax * 1.05)
-    ymax = ticks[-1]
-    parts = _svg_open(width, height, title)
-    _y_axis(parts, left, top, pw, ph, ticks, y_title)
-    xmin, xmax = min(xs), max(xs)
-    pad = 0.04 * pw
-
-    def px(x):
-        return left + pad + (pw - 2 * pad) * (x - xmin) / ((xmax - xmin) or 1)
-
-    def py(y):
-        return top + ph - ph * y / ymax
-
-    for x in xs:
-        parts.append(f'<line x1="{px(x):.1f}" y1="{top + ph}" x2="{px(x):.1f}" y2="{top + ph + 5}" stroke="#333"/>')
-        parts.append(f'<text x="{px(x):.1f}" y="{top + ph + 20}" text-anchor="middle">{fmt_tick(x)}</text>')
-    names = list(series)
-    colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
-    dashes = ["", "6 3", "2 3", "8 3 2 3"]
-    for i, name in enumerate(names):
-        pts = [(px(x), py(y)) for x, y in zip(xs, series[name]) if y is not None]
-        d = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-        dash = f' stroke-dasharray="{dashes[i % len(dashes)]}"' if dashes[i % len(dashes)] else ""
-        # Later series are drawn thinner and with smaller markers, so coinciding lines stay visible.
-        sw = max(1.5, 5.0 - 1.1 * i)
-        r = max(2.5, 6.0 - 1.1 * i)
-        parts.append(f'<polyline points="{d}" fill="none" stroke="{colors[i]}" stroke-width="{sw:.1f}"{dash}/>')
-        for (x, y), xv, yv in zip(pts, [x for x, y in zip(xs, series[name]) if y is not None],
-                                  [y for y in series[name] if y is not None]):
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colors[i]}">'
-                         f'<title>{escape(name)} N={xv}: {yv:.3g}</title></circle>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 28}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
-    _legend(parts, left + pw + 16, top + 14, names, colors, marker="line")
-    if note:
-        for j, line in enumerate(note.split("\n")):
-            parts.append(f'<text x="{left + pw + 16}" y="{top + 14 + 20 * len(names) + 14 + 15 * j}" '
-                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
-    parts.append("</svg>")
-    Path(path).write_text("\n".join(parts) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Experiments
-# ---------------------------------------------------------------------------------------------
-
-def out_dir(name):
-    d = ROOT / "bench-results" / name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def machine_line(env):
-    return (f"{env['cpu_model']}, {env['cpus']} CPUs, {env['mem_gib']} GiB, Linux {env['kernel']}, "
-            f"{env['rustc']}, commit {env['git_commit']}, {env['date_utc']}")
-
-
-def pinning_line():
-    if LB_CPU is None:
-        return "nothing pinned (1 CPU)"
-    return f"lb pinned to CPU {LB_CPU} with 1 core, loadgen pinned to CPU {LG_CPU}, backends unpinned"
-
-
-def retry_note(retried):
-    if not retried:
-        return "No run needed a retry."
-    return (f"Runs repeated because an attempt had connection errors (kept in the JSON as `failed_attempts`): "
-            f"{', '.join(retried)}. Each request leaves two loopback connections in TIME_WAIT, and once the "
-            f"machine holds ~100k of them (this script, or anything else on the host) new connects start to "
-            f"fail; the script waits for them to drain before each run and retries a failed one.")
 
 
 def a1(args):
@@ -499,12 +299,44 @@ Raw data: [a2.json](a2.json) (per run: counts per server, latency, commands, env
     return data
 
 
+# Experiments in their own modules: name -> module with add_arguments(parser) and run(args).
+MODULES = {
+    "a3": "exp_failover",
+    "a4": "exp_hashing",
+    "sticky": "exp_sticky",
+    "saturation": "exp_saturation",
+}
+
+
+def load_module(name):
+    import importlib
+    return importlib.import_module(MODULES[name])
+
+
+def available_modules():
+    """The experiment modules present in bench/ (a fresh checkout has all of them)."""
+    here = Path(__file__).resolve().parent
+    return [n for n, m in MODULES.items() if (here / f"{m}.py").exists()]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=["a1", "a2", "all"])
-    ap.add_argument("--requests", type=int, default=10000, help="requests per run (default 10000)")
-    ap.add_argument("--conns", type=int, default=32, help="concurrent loadgen connections (default 32)")
     ap.add_argument("--build", action="store_true", help="run cargo build --release --bins first")
+    sub = ap.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for name, help_ in (("a1", "A-1: distribution over 3 backends, every algorithm"),
+                        ("a2", "A-2: N from 2 to 6 backends")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--requests", type=int, default=10000, help="requests per run (default 10000)")
+        sp.add_argument("--conns", type=int, default=32, help="concurrent loadgen connections (default 32)")
+        sp.set_defaults(func=a1 if name == "a1" else a2)
+    for name in available_modules():
+        mod = load_module(name)
+        sp = sub.add_parser(name, help=mod.HELP, description=mod.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(sp)
+        sp.set_defaults(func=mod.run)
+    sp = sub.add_parser("all", help="every experiment above, each with its defaults")
+    sp.set_defaults(func=None)
     args = ap.parse_args()
     if args.build:
         lbbench.build_release()
@@ -512,10 +344,13 @@ def main():
         if not (lbbench.TARGET / b).exists():
             sys.exit(f"missing {lbbench.TARGET / b}: run `cargo build --release --bins` first (or pass --build)")
     t0 = time.time()
-    if args.experiment in ("a1", "all"):
-        a1(args)
-    if args.experiment in ("a2", "all"):
-        a2(args)
+    if args.func is not None:
+        args.func(args)
+    else:
+        for name in ["a1", "a2"] + available_modules():
+            log(f"=== {name}")
+            sub_args = ap.parse_args([name])
+            sub_args.func(sub_args)
     log(f"done in {time.time() - t0:.0f}s")
 
 

@@ -1,0 +1,60 @@
+"""What the experiments share: pinning, TIME_WAIT pacing, output folders and summary lines."""
+
+import os
+import time
+
+import lbbench
+from lbbench import ROOT, log
+
+TW_LIMIT = 45000
+NCPU = os.cpu_count() or 1
+LB_CPU = 0 if NCPU >= 2 else None
+LG_CPU = 1 if NCPU >= 2 else None
+
+
+def time_wait_sockets():
+    try:
+        for line in open("/proc/net/sockstat"):
+            if line.startswith("TCP:"):
+                f = line.split()
+                return int(f[f.index("tw") + 1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def wait_quiet(limit=TW_LIMIT, max_wait=45.0):
+    """Every request here opens two loopback connections (client-lb, lb-backend) that end in TIME_WAIT;
+    after a few hundred thousand of them connects start to fail, so let the kernel drain them first."""
+    t0 = time.time()
+    while time_wait_sockets() > limit and time.time() - t0 < max_wait:
+        time.sleep(1)
+    waited = time.time() - t0
+    if waited > 1:
+        log(f"  waited {waited:.0f}s for TIME_WAIT sockets to drain (now {time_wait_sockets()})")
+
+
+def out_dir(name):
+    d = ROOT / "bench-results" / name
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def machine_line(env):
+    return (f"{env['cpu_model']}, {env['cpus']} CPUs, {env['mem_gib']} GiB, Linux {env['kernel']}, "
+            f"{env['rustc']}, commit {env['git_commit']}, {env['date_utc']}")
+
+
+def pinning_line():
+    if LB_CPU is None:
+        return "nothing pinned (1 CPU)"
+    return f"lb pinned to CPU {LB_CPU} with 1 core, loadgen pinned to CPU {LG_CPU}, backends unpinned"
+
+
+def retry_note(retried):
+    if not retried:
+        return "No run needed a retry."
+    return (f"Runs repeated because an attempt had connection errors (kept in the JSON as `failed_attempts`): "
+            f"{', '.join(retried)}. Each request leaves two loopback connections in TIME_WAIT, and once the "
+            f"machine holds ~100k of them (this script, or anything else on the host) new connects start to "
+            f"fail; the script waits for them to drain before each run and retries a failed one.")
