@@ -152,3 +152,53 @@ def line_chart(path, title, xs, series, x_title, y_title, width=820, height=460,
             parts.append(f'<text x="{left + pw + 16}" y="{top + 14 + 20 * len(names) + 14 + 15 * j}" '
                          f'font-size="10.5" fill="#555">{escape(line)}</text>')
     parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
+
+
+def timeline_chart(path, title, xs, series, x_title, y_title, events=(), width=900, height=440, note=None):
+    """Lines over a continuous time axis (no point markers), with labelled vertical event lines.
+
+    series = {name: [y per x]}; events = [(x, label)] drawn as dashed verticals, labels staggered
+    so that events close in time stay readable."""
+    left, right, top, bottom = 78, 200, 44, 70
+    pw, ph = width - left - right, height - top - bottom
+    vmax = max([v for ys in series.values() for v in ys if v is not None] + [1])
+    ticks = nice_ticks(vmax * 1.08)
+    ymax = ticks[-1]
+    parts = _svg_open(width, height, title)
+    _y_axis(parts, left, top, pw, ph, ticks, y_title)
+    xmin, xmax = min(xs), max(xs)
+
+    def px(x):
+        return left + pw * (x - xmin) / ((xmax - xmin) or 1)
+
+    def py(y):
+        return top + ph - ph * y / ymax
+
+    for t in nice_ticks(xmax - xmin, count=8):
+        x = xmin + t
+        if x > xmax + 1e-9:
+            break
+        parts.append(f'<line x1="{px(x):.1f}" y1="{top + ph}" x2="{px(x):.1f}" y2="{top + ph + 5}" stroke="#333"/>')
+        parts.append(f'<text x="{px(x):.1f}" y="{top + ph + 20}" text-anchor="middle">{fmt_tick(x)}</text>')
+    names = list(series)
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+    for i, name in enumerate(names):
+        d = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, series[name]) if y is not None)
+        parts.append(f'<polyline points="{d}" fill="none" stroke="{colors[i]}" stroke-width="1.8">'
+                     f'<title>{escape(name)}</title></polyline>')
+    for j, (x, label) in enumerate(sorted(events)):
+        if x is None or not (xmin <= x <= xmax):
+            continue
+        parts.append(f'<line x1="{px(x):.1f}" y1="{top}" x2="{px(x):.1f}" y2="{top + ph}" stroke="#444" '
+                     f'stroke-dasharray="5 4"><title>{escape(label)} at {x:.2f}</title></line>')
+        ly = top + 14 + 14 * (j % 4)
+        parts.append(f'<text x="{px(x) + 4:.1f}" y="{ly}" font-size="10.5" fill="#222">{escape(label)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 28}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
+    _legend(parts, left + pw + 16, top + 14, names, colors, marker="line")
+    if note:
+        for j, line in enumerate(note.split("\n")):
+            parts.append(f'<text x="{left + pw + 16}" y="{top + 14 + 20 * len(names) + 14 + 15 * j}" '
+                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
