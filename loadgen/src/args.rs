@@ -95,6 +95,13 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
     pub payload: u64,
 
+    /// Width of the timeline buckets in ms (the JSON `timeline` has one entry per bucket, by the
+    /// time each request ended). Small widths show short outages (e.g. 100 for a failover); each
+    /// bucket with responses costs ~13 KiB per core.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub timeline_ms: u64,
+
     /// Also write the full results (timeline, environment) as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<std::path::PathBuf>,
@@ -114,6 +121,8 @@ pub struct Config {
     pub timeout: Duration,
     pub new_connection: bool,
     pub protocol: Protocol,
+    /// Timeline bucket width.
+    pub timeline: Duration,
     /// The complete request (HTTP) or the payload (echo), built once and shared by all cores.
     pub request: &'static [u8],
     /// HEAD responses carry no body whatever their Content-Length says.
@@ -140,6 +149,10 @@ pub struct Target {
     pub port: u16,
     pub path: String,
 }
+
+/// Bound on the timeline's length for duration runs (memory: each bucket with responses holds a
+/// small histogram per core).
+pub const MAX_TIMELINE_BUCKETS: u128 = 100_000;
 
 /// Default measured duration when neither --duration nor --requests is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -376,6 +389,16 @@ impl Args {
                 self.conns, self.cores
             )));
         }
+        if let Some(d) = self.duration {
+            let buckets = d.as_millis() / self.timeline_ms as u128;
+            if buckets > MAX_TIMELINE_BUCKETS {
+                return Err(Usage(format!(
+                    "--timeline-ms {} over --duration {d:?} makes {buckets} timeline buckets \
+                     (at most {MAX_TIMELINE_BUCKETS}): use wider buckets",
+                    self.timeline_ms
+                )));
+            }
+        }
         if self.timeout.is_zero() {
             return Err(Usage("--timeout must be more than 0".into()));
         }
@@ -445,6 +468,7 @@ impl Args {
             timeout: self.timeout,
             new_connection: self.new_connection,
             protocol,
+            timeline: Duration::from_millis(self.timeline_ms),
             // Leaked once: every connection on every core writes this same buffer, and a
             // `&'static [u8]` can be handed to io_uring without copying or reference counting.
             request: Box::leak(request.into_boxed_slice()),

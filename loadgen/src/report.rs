@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::args::{Config, Protocol, StopAt};
 use crate::run::RunOutput;
-use crate::stats::{ErrorKind, SecondSummary};
+use crate::stats::{BucketSummary, ErrorKind};
 
 /// The JSON document; the text output is rendered from it too, so both always agree.
 #[derive(Debug, Serialize)]
@@ -30,7 +30,7 @@ pub struct Report {
     pub server_share: BTreeMap<String, f64>,
     pub status: BTreeMap<&'static str, u64>,
     pub connections_opened: u64,
-    pub timeline: Vec<SecondSummary>,
+    pub timeline: Vec<BucketSummary>,
     pub cpu_seconds: Option<f64>,
     pub requests_per_cpu_second: Option<f64>,
     pub interrupted: bool,
@@ -76,6 +76,8 @@ pub struct RunInfo {
     pub warmup_s: f64,
     pub timeout_ms: f64,
     pub request_bytes: usize,
+    /// `--timeline-ms`: width of the `timeline` buckets.
+    pub timeline_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -193,6 +195,7 @@ impl Report {
                 warmup_s: cfg.warmup.as_secs_f64(),
                 timeout_ms: cfg.timeout.as_secs_f64() * 1000.0,
                 request_bytes: cfg.request.len(),
+                timeline_ms: t.bucket_ms,
             },
             env: Env {
                 host: lb_common::sysinfo::hostname(),

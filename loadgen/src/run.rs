@@ -150,7 +150,11 @@ async fn worker(
             )
         }
     };
-    let stats = Rc::new(RefCell::new(CoreStats::new(measure_start, progress)));
+    let stats = Rc::new(RefCell::new(CoreStats::new(
+        measure_start,
+        cfg.timeline,
+        progress,
+    )));
     let core = Rc::new(CoreCtx {
         cfg: cfg.clone(),
         stats: stats.clone(),

@@ -1,5 +1,6 @@
-//! Per-core results (counters, latency histograms, server counts, per-second timeline), recorded
-//! without locks by the core's own tasks and merged by the main thread after the run.
+//! Per-core results (counters, latency histograms, server counts, timeline buckets of
+//! `--timeline-ms`), recorded without locks by the core's own tasks and merged by the main thread
+//! after the run.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,9 +12,9 @@ use hdrhistogram::Histogram;
 /// Latencies are recorded in microseconds, up to an hour, with 3 significant digits.
 pub const LATENCY_MAX_US: u64 = 3_600_000_000;
 const LATENCY_SIGFIG: u8 = 3;
-/// Per-second histograms only feed the timeline's percentiles: 2 digits and u32 counts keep each
-/// one around 13 KiB.
-const SECOND_SIGFIG: u8 = 2;
+/// Timeline bucket histograms only feed the timeline's percentiles: 2 digits and u32 counts keep
+/// each one around 13 KiB (allocated only for buckets that got a response).
+const BUCKET_SIGFIG: u8 = 2;
 
 /// Every way a request can fail. `Status4xx`/`Status5xx` are completed responses that also count
 /// as errors; all others mean no (usable) response.
@@ -93,12 +94,12 @@ pub struct Progress {
     pub errors: AtomicU64,
 }
 
-/// One second of the timeline.
+/// One bucket (`--timeline-ms` wide) of the timeline.
 #[derive(Debug, Clone, Default)]
-pub struct Second {
+pub struct Bucket {
     pub requests: u64,
-    pub errors: u64,
-    /// Allocated on the second's first response.
+    pub errors: [u64; ErrorKind::COUNT],
+    /// Allocated on the bucket's first response.
     pub hist: Option<Histogram<u32>>,
 }
 
@@ -121,7 +122,9 @@ pub struct CoreStats {
     pub lag: Histogram<u64>,
     /// `X-Server-Id` value -> responses. Few distinct ids, so a linear search beats hashing.
     pub servers: Vec<(Vec<u8>, u64)>,
-    pub seconds: Vec<Second>,
+    /// Width of a timeline bucket in microseconds (`--timeline-ms`).
+    bucket_us: u64,
+    pub buckets: Vec<Bucket>,
     pub connects: u64,
     /// Time of the last counted response or error.
     pub last_event: Option<Instant>,
@@ -134,12 +137,13 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG).expect("valid histogram bounds")
 }
 
-fn second_histogram() -> Histogram<u32> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, SECOND_SIGFIG).expect("valid histogram bounds")
+fn bucket_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, BUCKET_SIGFIG).expect("valid histogram bounds")
 }
 
 impl CoreStats {
-    pub fn new(measure_start: Instant, progress: Arc<Progress>) -> Self {
+    /// `bucket` is the timeline's bucket width (at least 1 ms).
+    pub fn new(measure_start: Instant, bucket: Duration, progress: Arc<Progress>) -> Self {
         CoreStats {
             measure_start,
             progress,
@@ -151,10 +155,16 @@ impl CoreStats {
             hist: latency_histogram(),
             lag: latency_histogram(),
             servers: Vec::new(),
-            seconds: Vec::new(),
+            bucket_us: (bucket.as_micros() as u64).max(1000),
+            buckets: Vec::new(),
             connects: 0,
             last_event: None,
         }
+    }
+
+    /// Timeline bucket width in ms.
+    pub fn bucket_ms(&self) -> u64 {
+        self.bucket_us / 1000
     }
 
     /// Schedule lag of one open-loop request sent from an idle connection.
@@ -173,12 +183,13 @@ impl CoreStats {
         self.servers.len() - 1
     }
 
-    fn second(&mut self, at: Instant) -> &mut Second {
-        let i = at.saturating_duration_since(self.measure_start).as_secs() as usize;
-        if i >= self.seconds.len() {
-            self.seconds.resize_with(i + 1, Second::default);
+    fn bucket(&mut self, at: Instant) -> &mut Bucket {
+        let us = at.saturating_duration_since(self.measure_start).as_micros() as u64;
+        let i = (us / self.bucket_us) as usize;
+        if i >= self.buckets.len() {
+            self.buckets.resize_with(i + 1, Bucket::default);
         }
-        &mut self.seconds[i]
+        &mut self.buckets[i]
     }
 
     /// A complete response (any status). 4xx/5xx also count as an error of that kind.
@@ -200,13 +211,14 @@ impl CoreStats {
             slot.1 += 1;
         }
         let status_error = ErrorKind::from_status(status);
-        let sec = self.second(at);
-        sec.requests += 1;
-        sec.hist
-            .get_or_insert_with(second_histogram)
+        let bucket = self.bucket(at);
+        bucket.requests += 1;
+        bucket
+            .hist
+            .get_or_insert_with(bucket_histogram)
             .saturating_record(us);
-        if status_error.is_some() {
-            sec.errors += 1;
+        if let Some(kind) = status_error {
+            bucket.errors[kind as usize] += 1;
         }
         if let Some(kind) = status_error {
             self.count_error(kind, || format!("HTTP status {status}"));
@@ -219,7 +231,7 @@ impl CoreStats {
 
     /// A request that got no usable response.
     pub fn record_error(&mut self, at: Instant, kind: ErrorKind, detail: impl FnOnce() -> String) {
-        self.second(at).errors += 1;
+        self.bucket(at).errors[kind as usize] += 1;
         self.count_error(kind, detail);
         self.last_event = Some(at);
     }
@@ -240,12 +252,17 @@ impl CoreStats {
     }
 }
 
-/// One second of the merged timeline.
+/// One bucket of the merged timeline.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SecondSummary {
+pub struct BucketSummary {
+    /// Whole seconds of the bucket start (kept from the one-second timeline).
     pub second: u64,
+    /// Bucket start in ms since the measurement started.
+    pub t_ms: u64,
     pub requests: u64,
     pub errors: u64,
+    /// Only the kinds that occurred in this bucket.
+    pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
@@ -262,7 +279,9 @@ pub struct Totals {
     pub lag: Histogram<u64>,
     /// Sorted by count (descending), then id.
     pub servers: Vec<(String, u64)>,
-    pub timeline: Vec<SecondSummary>,
+    pub timeline: Vec<BucketSummary>,
+    /// Timeline bucket width in ms.
+    pub bucket_ms: u64,
     pub connects: u64,
     pub last_event: Option<Instant>,
 }
@@ -276,6 +295,7 @@ impl Totals {
 /// Merges per-core results: counters add, histograms add bucket by bucket (so percentiles are of
 /// the whole run, not averages of per-core percentiles), servers are joined by id.
 pub fn merge(cores: Vec<CoreStats>) -> Totals {
+    let bucket_ms = cores.first().map_or(1000, CoreStats::bucket_ms);
     let mut t = Totals {
         requests: 0,
         errors: [0; ErrorKind::COUNT],
@@ -286,11 +306,12 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         lag: latency_histogram(),
         servers: Vec::new(),
         timeline: Vec::new(),
+        bucket_ms,
         connects: 0,
         last_event: None,
     };
     let mut servers: Vec<(Vec<u8>, u64)> = Vec::new();
-    let mut seconds: Vec<Second> = Vec::new();
+    let mut buckets: Vec<Bucket> = Vec::new();
     for c in cores {
         t.requests += c.requests;
         t.bytes += c.bytes;
@@ -312,12 +333,19 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
                 None => servers.push((id, n)),
             }
         }
-        if seconds.len() < c.seconds.len() {
-            seconds.resize_with(c.seconds.len(), Second::default);
+        debug_assert_eq!(
+            c.bucket_us / 1000,
+            bucket_ms,
+            "cores share the bucket width"
+        );
+        if buckets.len() < c.buckets.len() {
+            buckets.resize_with(c.buckets.len(), Bucket::default);
         }
-        for (into, from) in seconds.iter_mut().zip(c.seconds) {
+        for (into, from) in buckets.iter_mut().zip(c.buckets) {
             into.requests += from.requests;
-            into.errors += from.errors;
+            for (e, n) in into.errors.iter_mut().zip(from.errors) {
+                *e += n;
+            }
             if let Some(h) = from.hist {
                 match &mut into.hist {
                     Some(into) => into.add(&h).expect("histograms share bounds"),
@@ -334,19 +362,26 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         .collect();
     t.servers
         .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    t.timeline = seconds
+    t.timeline = buckets
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, b)| {
             let q = |p: f64| {
-                s.hist
+                b.hist
                     .as_ref()
                     .map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0)
             };
-            SecondSummary {
-                second: i as u64,
-                requests: s.requests,
-                errors: s.errors,
+            let t_ms = i as u64 * bucket_ms;
+            BucketSummary {
+                second: t_ms / 1000,
+                t_ms,
+                requests: b.requests,
+                errors: b.errors.iter().sum(),
+                errors_by_kind: ErrorKind::ALL
+                    .iter()
+                    .filter(|k| b.errors[**k as usize] > 0)
+                    .map(|k| (k.name(), b.errors[*k as usize]))
+                    .collect(),
                 p50_ms: q(0.5),
                 p99_ms: q(0.99),
             }
@@ -360,7 +395,7 @@ mod tests {
     use super::*;
 
     fn core(start: Instant) -> CoreStats {
-        CoreStats::new(start, Arc::new(Progress::default()))
+        CoreStats::new(start, Duration::from_secs(1), Arc::new(Progress::default()))
     }
 
     #[test]
@@ -421,13 +456,44 @@ mod tests {
         assert_eq!(t.status_classes, [0, 0, 0, 1, 1, 1]);
         assert_eq!(t.servers, vec![("-".to_string(), 3)]);
         assert_eq!(t.timeline[0].errors, 2);
+        assert_eq!(t.timeline[0].errors_by_kind.get("5xx"), Some(&1));
+        assert_eq!(t.timeline[0].errors_by_kind.get("4xx"), Some(&1));
+        assert_eq!(t.timeline[0].errors_by_kind.len(), 2);
+    }
+
+    #[test]
+    fn timeline_buckets_follow_the_width_and_merge_across_cores() {
+        let start = Instant::now();
+        let bucket = Duration::from_millis(100);
+        let p = Arc::new(Progress::default());
+        let mut a = CoreStats::new(start, bucket, p.clone());
+        let mut b = CoreStats::new(start, bucket, p);
+        let ms = Duration::from_millis;
+        a.record_response(start + ms(50), ms(1), 200, 0, 0);
+        b.record_response(start + ms(99), ms(1), 200, 0, 0);
+        b.record_error(start + ms(150), ErrorKind::Timeout, || "t".into());
+        a.record_error(start + ms(1250), ErrorKind::Reset, || "r".into());
+        a.record_error(start + ms(1260), ErrorKind::Reset, || "r".into());
+        let t = merge(vec![a, b]);
+        assert_eq!(t.bucket_ms, 100);
+        assert_eq!(t.timeline.len(), 13);
+        assert_eq!((t.timeline[0].t_ms, t.timeline[0].second), (0, 0));
+        assert_eq!(t.timeline[0].requests, 2);
+        assert!(t.timeline[0].errors_by_kind.is_empty());
+        assert_eq!(t.timeline[1].errors, 1);
+        assert_eq!(t.timeline[1].errors_by_kind.get("timeout"), Some(&1));
+        let last = &t.timeline[12];
+        assert_eq!((last.t_ms, last.second), (1200, 1));
+        assert_eq!(last.errors, 2);
+        assert_eq!(last.errors_by_kind.get("reset"), Some(&2));
+        assert_eq!(t.timeline[5].requests + t.timeline[5].errors, 0);
     }
 
     #[test]
     fn progress_counters_follow_the_totals() {
         let start = Instant::now();
         let p = Arc::new(Progress::default());
-        let mut a = CoreStats::new(start, p.clone());
+        let mut a = CoreStats::new(start, Duration::from_secs(1), p.clone());
         a.record_response(start, Duration::from_millis(1), 200, 0, 0);
         a.record_error(start, ErrorKind::Reset, || "r".into());
         assert_eq!(p.requests.load(Ordering::Relaxed), 1);

@@ -184,6 +184,13 @@ fn server_errors_are_responses_and_5xx_errors() {
     assert_eq!(run.u("/errors"), 100);
     assert_eq!(run.u("/errors_by_kind/5xx"), 100);
     assert_eq!(run.u("/status/5xx"), 100);
+    let by_kind: u64 = run.json()["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["errors_by_kind"]["5xx"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(by_kind, 100);
     assert!(run.stdout.contains("5xx 100"), "{}", run.stdout);
 }
 
@@ -251,6 +258,39 @@ fn open_loop_rate_is_kept() {
     assert!((360..=440).contains(&n), "{n} requests");
     assert_eq!(run.json()["run"]["mode"], "open");
     assert!(run.json()["schedule_lag_ms"]["p99"].is_number());
+}
+
+#[test]
+fn timeline_buckets_have_the_asked_width() {
+    let server = Server::start(Behavior::Http(Http::default()));
+    let run = loadgen(&[
+        &server.url(),
+        "--rate",
+        "400",
+        "--duration",
+        "1200ms",
+        "-c",
+        "4",
+        "--timeline-ms",
+        "100",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let j = run.json();
+    assert_eq!(j["run"]["timeline_ms"], 100);
+    let timeline = j["timeline"].as_array().unwrap();
+    assert!((12..=14).contains(&timeline.len()), "{}", timeline.len());
+    let mut total = 0;
+    for (i, b) in timeline.iter().enumerate() {
+        let t_ms = b["t_ms"].as_u64().unwrap();
+        assert_eq!(t_ms, 100 * i as u64);
+        assert_eq!(b["second"].as_u64().unwrap(), t_ms / 1000);
+        assert!(b["errors_by_kind"].as_object().unwrap().is_empty());
+        total += b["requests"].as_u64().unwrap();
+    }
+    assert_eq!(total, run.u("/requests"));
+    // 400 req/s: about 40 per full bucket.
+    let mid = timeline[5]["requests"].as_u64().unwrap();
+    assert!((30..=50).contains(&mid), "{mid}");
 }
 
 #[test]
@@ -412,6 +452,8 @@ fn bad_arguments_exit_with_2() {
         vec!["http://127.0.0.1:1/", "-H", "no colon"],
         vec!["http://127.0.0.1:1/", "--cores", "4", "--conns", "2"],
         vec!["127.0.0.1", "--tcp-echo"],
+        vec!["http://127.0.0.1:1/", "--timeline-ms", "0"],
+        vec!["http://127.0.0.1:1/", "--timeline-ms", "1", "-d", "1h"],
     ] {
         let run = support::loadgen_within(&args, Duration::from_secs(20));
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
