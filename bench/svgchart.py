@@ -175,8 +175,11 @@ def timeline_chart(path, title, xs, series, x_title, y_title, events=(), width=9
     def py(y):
         return top + ph - ph * y / ymax
 
-    for t in nice_ticks(xmax - xmin, count=8):
-        x = xmin + t
+    span = nice_ticks(xmax - xmin, count=8)
+    step = span[1] - span[0]
+    first = math.ceil(xmin / step - 1e-9) * step
+    for i in range(len(span) + 1):
+        x = round(first + i * step, 10)
         if x > xmax + 1e-9:
             break
         parts.append(f'<line x1="{px(x):.1f}" y1="{top + ph}" x2="{px(x):.1f}" y2="{top + ph + 5}" stroke="#333"/>')

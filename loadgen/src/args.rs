@@ -1,9 +1,12 @@
 //! Command line: clap definitions, value parsers (durations, URLs, headers) and the validated plan.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::keys::{self, KeyDist, KeySpace, Template};
 
 /// Request body, headers and URL are turned into one immutable byte string at start (see
 /// [`Config::request`]); nothing is formatted per request.
@@ -24,7 +27,10 @@ use clap::Parser;
     after_help = "Examples:\n  loadgen http://127.0.0.1:8080/ --conns 512 --duration 10s\n  \
         loadgen http://lb:80/ --cores 2 --requests 100000 --new-connection --json out.json\n  \
         loadgen http://lb:80/ --rate 20000 --duration 30s --warmup 5s\n  \
-        loadgen tcp://127.0.0.1:9000 --tcp-echo --payload 1024"
+        loadgen tcp://127.0.0.1:9000 --tcp-echo --payload 1024\n  \
+        loadgen http://127.0.0.1:8080/ -n 10000 -c 8 --new-connection --keys 1000 -H 'Cookie: sid={key}'\n  \
+        loadgen http://127.0.0.1:8080/ -n 10000 -c 8 --new-connection --keys 1000 --key-dist zipf:1.1 \
+        --source-ip-per-key"
 )]
 pub struct Args {
     /// Target: http://host[:port][/path] (port 80 by default); with --tcp-echo tcp://host:port or
@@ -95,6 +101,32 @@ pub struct Args {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
     pub payload: u64,
 
+    /// Simulate N clients: keys k0..k{N-1}. A key is drawn each time a connection is opened (an
+    /// L4 balancer decides per connection: use --new-connection for a key per request) and
+    /// replaces `{key}` in the URL path/query and in -H values (e.g. -H 'Cookie: sid={key}'). The
+    /// JSON gets a `keys` object: responses per key and server, stickiness.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=keys::MAX_KEYS as i64))]
+    pub keys: Option<u32>,
+
+    /// How keys are drawn: uniform; zipf:S (key k{r-1} with probability proportional to 1/r^S,
+    /// S > 0, k0 the most frequent); or seq (each key in turn, so --keys N connects cover every
+    /// key exactly once).
+    #[arg(long, value_name = "DIST", default_value = "uniform",
+          value_parser = keys::parse_key_dist, requires = "keys")]
+    pub key_dist: KeyDist,
+
+    /// Seed of the key draws: the n-th connect of core c gets the same key in every run with the
+    /// same seed, --keys and --key-dist.
+    #[arg(long, value_name = "SEED", default_value_t = 1, requires = "keys")]
+    pub key_seed: u64,
+
+    /// Each key connects from its own loopback source address, key i from 127.1.0.0 + i (bound
+    /// with IP_BIND_ADDRESS_NO_PORT), so that a client-IP hash sees one client per key. Only for
+    /// targets on 127.0.0.0/8.
+    #[arg(long, requires = "keys")]
+    pub source_ip_per_key: bool,
+
     /// Width of the timeline buckets in ms (the JSON `timeline` has one entry per bucket, by the
     /// time each request ended). Small widths show short outages (e.g. 100 for a failover); each
     /// bucket with responses costs ~13 KiB per core.
@@ -123,6 +155,12 @@ pub struct Config {
     pub protocol: Protocol,
     /// Timeline bucket width.
     pub timeline: Duration,
+    /// The key population (--keys), if any.
+    pub keys: Option<Arc<KeySpace>>,
+    /// The request with `{key}` placeholders split out (HTTP with --keys and placeholders).
+    pub template: Option<Arc<Template>>,
+    /// Bind each connection to its key's own loopback source address.
+    pub source_ip_per_key: bool,
     /// The complete request (HTTP) or the payload (echo), built once and shared by all cores.
     pub request: &'static [u8],
     /// HEAD responses carry no body whatever their Content-Length says.
@@ -455,6 +493,34 @@ impl Args {
             Protocol::Http => build_request(&method, &target, &headers, &body, self.new_connection),
             Protocol::TcpEcho => echo_payload(self.payload as usize),
         };
+        let template = match protocol {
+            Protocol::Http => Template::new(&request, request.len() - body.len()),
+            Protocol::TcpEcho => None,
+        };
+        if template.is_some() && self.keys.is_none() {
+            return Err(Usage(format!(
+                "the URL or a header uses {} but there is no --keys population to fill it in",
+                keys::PLACEHOLDER
+            )));
+        }
+        if self.source_ip_per_key {
+            let loopback = matches!(addr, SocketAddr::V4(a) if a.ip().octets()[0] == 127);
+            if !loopback {
+                return Err(Usage(format!(
+                    "--source-ip-per-key binds every key to its own 127.x.y.z source address, \
+                     which only reaches a target on 127.0.0.0/8 (the target is {addr})"
+                )));
+            }
+            if self.keys.unwrap_or(0) > keys::max_source_keys() {
+                return Err(Usage(format!(
+                    "--source-ip-per-key gives at most {} keys distinct addresses",
+                    keys::max_source_keys()
+                )));
+            }
+        }
+        let key_space = self
+            .keys
+            .map(|n| Arc::new(KeySpace::new(n, self.key_dist, self.key_seed)));
         Ok(Config {
             head_request: method.eq_ignore_ascii_case("HEAD"),
             target,
@@ -469,6 +535,9 @@ impl Args {
             new_connection: self.new_connection,
             protocol,
             timeline: Duration::from_millis(self.timeline_ms),
+            keys: key_space,
+            template: template.map(Arc::new),
+            source_ip_per_key: self.source_ip_per_key,
             // Leaked once: every connection on every core writes this same buffer, and a
             // `&'static [u8]` can be handed to io_uring without copying or reference counting.
             request: Box::leak(request.into_boxed_slice()),

@@ -5,10 +5,12 @@
 //! response head is parsed with a stack header array, and the timeout is one `Sleep` per
 //! connection that is reset (a lock-free store when the deadline moves later) for each request.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +25,7 @@ use monoio::time::Sleep;
 
 use crate::args::Config;
 use crate::echo::Echo;
+use crate::keys::{self, Template};
 use crate::response::{ParseError, ResponseReader};
 use crate::schedule::Plan;
 use crate::stats::{CoreStats, ErrorKind};
@@ -87,6 +90,20 @@ pub struct CoreCtx {
     pub launch: Instant,
     /// Nothing may run past this (duration runs: end + timeout); bounds the close handshakes.
     pub hard_end: Option<Instant>,
+    /// This core's index (the stream of its key draws).
+    pub core: usize,
+    /// Key draws made on this core so far (the index of the next one).
+    pub draws: Cell<u64>,
+}
+
+impl CoreCtx {
+    /// The key for a connection about to be opened (with --keys).
+    fn draw_key(&self) -> Option<u32> {
+        let space = self.cfg.keys.as_ref()?;
+        let n = self.draws.get();
+        self.draws.set(n + 1);
+        Some(space.draw(self.core, self.cfg.cores, n))
+    }
 }
 
 /// Why a request failed; formatted only for the first error of each kind.
@@ -160,17 +177,54 @@ pub struct Reply {
 
 pub type Outcome = (Result<Reply, Failure>, Vec<u8>);
 
+/// The request a connection sends.
+enum Request {
+    /// The same bytes for every connection.
+    Fixed(&'static [u8]),
+    /// Rendered from the template for the connection's key at each connect (empty while a
+    /// cancelled write holds the buffer).
+    Keyed {
+        template: Arc<Template>,
+        bytes: Vec<u8>,
+    },
+}
+
 /// HTTP/1.1 request/response on an open connection.
 pub struct Http {
-    request: &'static [u8],
+    request: Request,
     reader: ResponseReader,
 }
 
 impl Http {
     pub fn new(cfg: &Config) -> Self {
+        let request = match &cfg.template {
+            Some(t) => Request::Keyed {
+                template: t.clone(),
+                bytes: Vec::new(),
+            },
+            None => Request::Fixed(cfg.request),
+        };
         Http {
-            request: cfg.request,
+            request,
             reader: ResponseReader::new(cfg.head_request),
+        }
+    }
+
+    /// A new connection with key `key`: the request for it.
+    fn set_key(&mut self, key: u32) {
+        if let Request::Keyed { template, bytes } = &mut self.request {
+            template.render(key, bytes);
+        }
+    }
+
+    async fn send(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        match &mut self.request {
+            Request::Fixed(r) => stream.write_all(*r).await.0.map(|_| ()),
+            Request::Keyed { bytes, .. } => {
+                let (res, b) = stream.write_all(std::mem::take(bytes)).await;
+                *bytes = b;
+                res.map(|_| ())
+            }
         }
     }
 
@@ -183,8 +237,7 @@ impl Http {
         // Without pipelining nothing may be left over; stray bytes from a sloppy server must not
         // be taken for the next response.
         buf.clear();
-        let (res, _) = stream.write_all(self.request).await;
-        if let Err(e) = res {
+        if let Err(e) = self.send(stream).await {
             return (Err(Failure::io(e, false)), buf);
         }
         self.reader.reset();
@@ -266,6 +319,13 @@ pub enum Proto {
 }
 
 impl Proto {
+    fn set_key(&mut self, key: u32) {
+        match self {
+            Proto::Http(h) => h.set_key(key),
+            Proto::Echo(_) => {}
+        }
+    }
+
     fn buffer_size(&self) -> usize {
         match self {
             Proto::Http(_) => READ_BUF,
@@ -306,24 +366,92 @@ fn mono(t: Instant) -> monoio::time::Instant {
     monoio::time::Instant::from_std(t)
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Result<TcpStream, Failure> {
-    let stream = TcpStream::connect_addr(addr)
-        .await
-        .map_err(|e| Failure::io(e, true))?;
+/// Opens a connection; with --keys draws its key first (and renders the request for it).
+async fn open(
+    ctx: &CoreCtx,
+    proto: &mut Proto,
+    key: &mut Option<u32>,
+) -> Result<TcpStream, Failure> {
+    let Some(k) = ctx.draw_key() else {
+        return connect(ctx.cfg.addr, None).await;
+    };
+    *key = Some(k);
+    proto.set_key(k);
+    let source = if ctx.cfg.source_ip_per_key {
+        keys::source_ip(k)
+    } else {
+        None
+    };
+    connect(ctx.cfg.addr, source).await
+}
+
+async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> Result<TcpStream, Failure> {
+    let stream = match source {
+        None => TcpStream::connect_addr(addr).await,
+        Some(ip) => connect_from(ip, addr).await,
+    }
+    .map_err(|e| Failure::io(e, true))?;
     // Requests go out in one write; without this a body written separately could wait for an ACK.
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Connects from `source` (port chosen at connect time: IP_BIND_ADDRESS_NO_PORT, so every
+/// source address has its own ephemeral ports). monoio 0.2.4 cannot connect a socket it did not
+/// create, so the connect is started non-blocking with socket2, the socket handed to the runtime,
+/// and its writability awaited (io_uring: a poll op; epoll: the readiness of the registered fd),
+/// then SO_ERROR says how the connect ended. Works on both drivers.
+async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, SockRef, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid descriptor and a c_int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.set_nonblocking(true)?;
+    let pending = match socket.connect(&addr.into()) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+        Err(e) => return Err(e),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if pending {
+        stream.writable(false).await?;
+    }
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let sock = SockRef::from(&fd);
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    if !lb_common::runtime::IoDriver::wants_nonblocking() {
+        // Under io_uring a blocking socket spares the kernel a failed non-blocking attempt.
+        sock.set_nonblocking(false)?;
+    }
     Ok(stream)
 }
 
 /// Connect (if needed) and one exchange, as one future so that a single deadline covers both.
 async fn attempt(
     conn: &mut Option<TcpStream>,
+    key: &mut Option<u32>,
     buf: Vec<u8>,
     proto: &mut Proto,
     ctx: &CoreCtx,
 ) -> Outcome {
     if conn.is_none() {
-        match connect(ctx.cfg.addr).await {
+        match open(ctx, proto, key).await {
             Ok(s) => *conn = Some(s),
             Err(f) => return (Err(f), buf),
         }
@@ -352,6 +480,8 @@ pub async fn connection(ctx: Rc<CoreCtx>, mut plan: Plan, mut proto: Proto) {
     let sleep = monoio::time::sleep(Duration::from_secs(3600));
     let mut sleep = pin!(sleep);
     let mut conn: Option<TcpStream> = None;
+    // The key of the current connection (with --keys).
+    let mut key: Option<u32> = None;
     let buf_size = proto.buffer_size();
     let mut buf: Vec<u8> = Vec::with_capacity(buf_size);
     let mut first_connect = true;
@@ -361,7 +491,7 @@ pub async fn connection(ctx: Rc<CoreCtx>, mut plan: Plan, mut proto: Proto) {
     if !cfg.new_connection {
         let now = Instant::now();
         sleep.as_mut().reset(mono(now + timeout));
-        let res = until(sleep.as_mut(), connect(cfg.addr)).await;
+        let res = until(sleep.as_mut(), open(&ctx, &mut proto, &mut key)).await;
         let res = res.unwrap_or_else(|| Err(timeout_failure(timeout)));
         first_connect = false;
         ctx.shared.first_connect(res.is_ok());
@@ -419,7 +549,11 @@ pub async fn connection(ctx: Rc<CoreCtx>, mut plan: Plan, mut proto: Proto) {
         }
         let was_connected = conn.is_some();
         let b = std::mem::take(&mut buf);
-        let res = until(sleep.as_mut(), attempt(&mut conn, b, &mut proto, &ctx)).await;
+        let res = until(
+            sleep.as_mut(),
+            attempt(&mut conn, &mut key, b, &mut proto, &ctx),
+        )
+        .await;
         let done = Instant::now();
         let res = match res {
             Some((res, b)) => {
@@ -443,13 +577,17 @@ pub async fn connection(ctx: Rc<CoreCtx>, mut plan: Plan, mut proto: Proto) {
         match res {
             Ok(reply) => {
                 if next.counted {
-                    ctx.stats.borrow_mut().record_response(
+                    let mut st = ctx.stats.borrow_mut();
+                    st.record_response(
                         done,
                         done.saturating_duration_since(origin),
                         reply.status,
                         reply.server,
                         reply.bytes,
                     );
+                    if let Some(k) = key {
+                        st.record_key(k, reply.server);
+                    }
                 }
                 let after = match reply.after {
                     After::Reuse if cfg.new_connection => After::Close,

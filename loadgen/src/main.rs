@@ -3,6 +3,7 @@
 mod args;
 mod client;
 mod echo;
+mod keys;
 mod report;
 mod response;
 mod run;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::args::{Config, Protocol, StopAt};
+use crate::keys::KeysReport;
 use crate::run::RunOutput;
 use crate::stats::{BucketSummary, ErrorKind};
 
@@ -30,6 +31,8 @@ pub struct Report {
     pub server_share: BTreeMap<String, f64>,
     pub status: BTreeMap<&'static str, u64>,
     pub connections_opened: u64,
+    /// With --keys: the key population and where each key's requests went.
+    pub keys: Option<KeysReport>,
     pub timeline: Vec<BucketSummary>,
     pub cpu_seconds: Option<f64>,
     pub requests_per_cpu_second: Option<f64>,
@@ -165,6 +168,10 @@ impl Report {
                 .map(|&i| (status_names[i], t.status_classes[i]))
                 .collect(),
             connections_opened: t.connects,
+            keys: cfg
+                .keys
+                .as_ref()
+                .map(|space| KeysReport::new(space, cfg.source_ip_per_key, t.per_key.clone())),
             timeline: t.timeline.clone(),
             cpu_seconds: out.cpu_seconds,
             requests_per_cpu_second: out
@@ -296,6 +303,25 @@ impl Report {
                     .collect();
                 let _ = writeln!(s, "  servers     {}", list.join(", "));
             }
+        }
+        if let Some(k) = &self.keys {
+            let source = if k.source_ip_per_key {
+                ", one source IP per key"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "  keys        {} {} (seed {}){source}: {} seen, {} on one server, {} on several, \
+                 stickiness {:.2}%",
+                k.distinct,
+                k.dist,
+                k.seed,
+                k.keys_seen,
+                k.keys_on_one_server,
+                k.keys_on_several_servers,
+                k.stickiness_pct
+            );
         }
         match (self.cpu_seconds, self.requests_per_cpu_second) {
             (Some(c), Some(per)) => {

@@ -161,6 +161,8 @@ async fn worker(
         shared,
         launch,
         hard_end: end.map(|e| e + cfg.timeout),
+        core: ctx.index,
+        draws: Cell::new(0),
     });
     let mut tasks = Vec::with_capacity(active);
     for j in 0..active {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::keys::{merge_tally, KeyTally, MergedTally};
+
 /// Latencies are recorded in microseconds, up to an hour, with 3 significant digits.
 pub const LATENCY_MAX_US: u64 = 3_600_000_000;
 const LATENCY_SIGFIG: u8 = 3;
@@ -125,6 +127,8 @@ pub struct CoreStats {
     /// Width of a timeline bucket in microseconds (`--timeline-ms`).
     bucket_us: u64,
     pub buckets: Vec<Bucket>,
+    /// With --keys: responses per key and server slot.
+    pub keys: KeyTally,
     pub connects: u64,
     /// Time of the last counted response or error.
     pub last_event: Option<Instant>,
@@ -157,6 +161,7 @@ impl CoreStats {
             servers: Vec::new(),
             bucket_us: (bucket.as_micros() as u64).max(1000),
             buckets: Vec::new(),
+            keys: KeyTally::default(),
             connects: 0,
             last_event: None,
         }
@@ -229,6 +234,11 @@ impl CoreStats {
             .store(self.requests, Ordering::Relaxed);
     }
 
+    /// The key of the connection a counted response came on (`server` is its slot).
+    pub fn record_key(&mut self, key: u32, server: usize) {
+        self.keys.record(key, server);
+    }
+
     /// A request that got no usable response.
     pub fn record_error(&mut self, at: Instant, kind: ErrorKind, detail: impl FnOnce() -> String) {
         self.bucket(at).errors[kind as usize] += 1;
@@ -282,6 +292,8 @@ pub struct Totals {
     pub timeline: Vec<BucketSummary>,
     /// Timeline bucket width in ms.
     pub bucket_ms: u64,
+    /// With --keys: key -> server id -> responses.
+    pub per_key: MergedTally,
     pub connects: u64,
     pub last_event: Option<Instant>,
 }
@@ -307,6 +319,7 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         servers: Vec::new(),
         timeline: Vec::new(),
         bucket_ms,
+        per_key: MergedTally::new(),
         connects: 0,
         last_event: None,
     };
@@ -327,6 +340,14 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         }
         t.hist.add(&c.hist).expect("histograms share bounds");
         t.lag.add(&c.lag).expect("histograms share bounds");
+        if !c.keys.map.is_empty() {
+            let ids: Vec<String> = c
+                .servers
+                .iter()
+                .map(|(id, _)| String::from_utf8_lossy(id).into_owned())
+                .collect();
+            merge_tally(&mut t.per_key, c.keys, &ids);
+        }
         for (id, n) in c.servers {
             match servers.iter_mut().find(|(s, _)| *s == id) {
                 Some(slot) => slot.1 += n,

@@ -39,6 +39,18 @@ pub struct Http {
     pub require_header: Option<(&'static str, &'static str)>,
     /// Answer 400 unless the request body is exactly this.
     pub require_body: Option<&'static str>,
+    /// Take the `X-Server-Id` from the request instead of `ids`.
+    pub id_from: Option<IdFrom>,
+}
+
+/// Where a test server takes its `X-Server-Id` from, so that loadgen's per-key tally shows what
+/// each key's requests carried.
+#[derive(Clone, Copy, Debug)]
+pub enum IdFrom {
+    /// The client's (source) IP address.
+    PeerIp,
+    /// The request target (path and query) and the Cookie header value: `"{target} {cookie}"`.
+    TargetAndCookie,
 }
 
 impl Default for Http {
@@ -54,6 +66,7 @@ impl Default for Http {
             reset_every_second: false,
             require_header: None,
             require_body: None,
+            id_from: None,
         }
     }
 }
@@ -186,7 +199,21 @@ fn serve(
         let client_closes = head.contains("\r\nconnection: close\r\n");
         let close = h.close_each || h.read_to_close || client_closes;
         let mut out = format!("HTTP/1.1 {status} X\r\n");
-        if !h.ids.is_empty() {
+        if let Some(from) = h.id_from {
+            let id = match from {
+                IdFrom::PeerIp => stream.peer_addr()?.ip().to_string(),
+                IdFrom::TargetAndCookie => {
+                    let target = head.split(' ').nth(1).unwrap_or("");
+                    let cookie = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("cookie:"))
+                        .unwrap_or("")
+                        .trim();
+                    format!("{target} {cookie}")
+                }
+            };
+            out.push_str(&format!("X-Server-Id: {id}\r\n"));
+        } else if !h.ids.is_empty() {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             out.push_str(&format!("X-Server-Id: {}\r\n", h.ids[n % h.ids.len()]));
         }
@@ -220,6 +247,60 @@ fn serve(
         }
     }
     Ok(())
+}
+
+/// Path of a workspace binary (`lb`, `backend`). `cargo test --workspace` builds every binary
+/// before running tests; when only loadgen is tested, build the missing one.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_loadgen"));
+    let path = exe.parent().unwrap().join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}
+
+/// A child process (backend or lb) killed through its handle when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a workspace binary that prints `... listening on ADDR ...` as its first stdout line.
+pub fn start_bin(name: &str, args: &[&str]) -> Proc {
+    use std::io::BufRead;
+    let mut child = Command::new(workspace_bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{name} printed no address: {line:?}"));
+    // Keep draining stdout so that the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Proc { child, addr }
 }
 
 /// A port with nothing listening (bound once, then released).
