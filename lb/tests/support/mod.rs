@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod netns;
+
 /// A child process killed (by PID, through its handle) when dropped.
 pub struct Proc {
     pub child: Child,

@@ -1,0 +1,747 @@
+//! Network namespaces for multi-host fault tests: one `lb` host and N backend hosts, each its own
+//! namespace, joined by veth pairs on a bridge that lives inside the lb namespace
+//! (`10.251.S.1/24` on the bridge, backend i at `10.251.S.(10+i)/24`).
+//!
+//! Safety rule: no code in the root namespace ever opens a socket to these addresses. Every
+//! program that talks to them (lb, the backends, the test client and its admin API polling) is
+//! started with `ip netns exec`, and the client refuses to run in the namespace of PID 1. The
+//! veths and the bridge are created inside the namespaces (`ip -n`), never in the root one, so
+//! deleting the namespaces removes all of it, firewall tables included.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Every namespace name starts with this, then the test process id.
+pub const NS_PREFIX: &str = "lbt-";
+
+/// Microseconds on CLOCK_MONOTONIC: one clock for every namespace of the machine, so the test and
+/// the client it runs inside a namespace compare times directly.
+pub fn mono_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Sleeps until `mono_us() >= at`.
+pub fn sleep_until_us(at: u64) {
+    let now = mono_us();
+    if at > now {
+        std::thread::sleep(Duration::from_micros(at - now));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Skip policy
+
+/// Whether the netns tests can run here. When they cannot: prints `SKIPPED netns tests: <reason>`
+/// to stderr and returns false, or panics when `LB_REQUIRE_NETNS=1` (CI) asks for them.
+pub fn ready(test: &str, need_firewall: bool) -> bool {
+    let reason = unavailable_reason().or_else(|| {
+        (need_firewall && firewall_tool().is_none())
+            .then(|| "neither `nft` (nftables) nor `iptables` is installed".to_string())
+    });
+    let Some(reason) = reason else {
+        return true;
+    };
+    if std::env::var("LB_REQUIRE_NETNS").as_deref() == Ok("1") {
+        panic!("LB_REQUIRE_NETNS=1 but the netns test {test} cannot run: {reason}");
+    }
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nSKIPPED netns tests: {reason} ({test})"
+    );
+    false
+}
+
+/// Why namespaces cannot be used here (checked once per process), or None.
+fn unavailable_reason() -> Option<String> {
+    static REASON: OnceLock<Option<String>> = OnceLock::new();
+    REASON
+        .get_or_init(|| {
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            if uid != 0 {
+                return Some(format!("not running as root (euid {uid})"));
+            }
+            if let Err(e) = run(Command::new("ip").arg("-V")) {
+                return Some(format!("`ip` (iproute2) is not usable: {e}"));
+            }
+            remove_stale_namespaces();
+            let probe = format!("{NS_PREFIX}{}-probe", std::process::id());
+            if let Err(e) = ip(&["netns", "add", &probe]) {
+                return Some(format!("cannot create a network namespace: {e}"));
+            }
+            let _ = ip(&["netns", "del", &probe]);
+            None
+        })
+        .clone()
+}
+
+/// `nft` or, failing that, `iptables`, whichever is installed.
+pub fn firewall_tool() -> Option<&'static str> {
+    static TOOL: OnceLock<Option<&'static str>> = OnceLock::new();
+    *TOOL.get_or_init(|| {
+        ["nft", "iptables"]
+            .into_iter()
+            .find(|t| run(Command::new(t).arg("--version")).is_ok())
+    })
+}
+
+/// Removes namespaces that an earlier test process (killed before its cleanup ran) left behind:
+/// only `lbt-<pid>-...` names whose process no longer exists.
+fn remove_stale_namespaces() {
+    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else {
+        return;
+    };
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(NS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("netns: removing {name}, left by process {pid} that no longer runs");
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+/// Runs a command to completion; its stdout, or an error with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> Result<String, String> {
+    run(Command::new("ip").args(args))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output lines of a child, with the time each one arrived
+
+struct LinesInner {
+    lines: Vec<(u64, String)>,
+    closed: bool,
+}
+
+/// The lines a child writes to one pipe, each with its arrival time (`mono_us`), read by a thread.
+#[derive(Clone)]
+pub struct Lines(Arc<(Mutex<LinesInner>, Condvar)>);
+
+impl Lines {
+    fn pump(r: impl Read + Send + 'static) -> Lines {
+        let lines = Lines(Arc::new((
+            Mutex::new(LinesInner {
+                lines: Vec::new(),
+                closed: false,
+            }),
+            Condvar::new(),
+        )));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let n = r.read_until(b'\n', &mut buf).unwrap_or(0);
+                let (m, cv) = &*l.0;
+                let mut inner = m.lock().unwrap();
+                if n == 0 {
+                    inner.closed = true;
+                    cv.notify_all();
+                    return;
+                }
+                let text = String::from_utf8_lossy(&buf).trim_end().to_string();
+                inner.lines.push((mono_us(), text));
+                cv.notify_all();
+            }
+        });
+        lines
+    }
+
+    /// The first line (from the start) matching `pred`, waiting up to `limit`.
+    pub fn wait_for(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<(u64, String)> {
+        let deadline = Instant::now() + limit;
+        let (m, cv) = &*self.0;
+        let mut inner = m.lock().unwrap();
+        loop {
+            if let Some(hit) = inner.lines.iter().find(|(_, l)| pred(l)) {
+                return Some(hit.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if inner.closed || left.is_zero() {
+                return None;
+            }
+            inner = cv.wait_timeout(inner, left).unwrap().0;
+        }
+    }
+
+    /// Waits up to `limit` for the pipe to close (the child exited); true if it did.
+    pub fn wait_closed(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let (m, cv) = &*self.0;
+        let mut inner = m.lock().unwrap();
+        while !inner.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            inner = cv.wait_timeout(inner, left).unwrap().0;
+        }
+        true
+    }
+
+    pub fn all(&self) -> Vec<(u64, String)> {
+        self.0 .0.lock().unwrap().lines.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes inside a namespace
+
+/// A program started with `ip netns exec NS program ...`. `ip` execs the program in place, so the
+/// child's PID is the program's: it is killed (SIGCONT first if stopped) by that PID when dropped,
+/// and its stderr is printed if the test is failing.
+pub struct NsProc {
+    pub what: String,
+    pub child: Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    stopped: bool,
+}
+
+impl NsProc {
+    pub fn spawn(ns: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> NsProc {
+        let what = format!(
+            "{} in {ns}",
+            program.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        // If the test process dies without cleaning up (SIGKILL, a CI timeout), the kernel kills
+        // the program too (the setting survives `ip`'s exec). The signal also comes when the
+        // spawning thread ends: every test kills its processes before its thread ends.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::getppid() != parent
+                {
+                    return Err(std::io::Error::other("the test process is gone"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stdout = Lines::pump(child.stdout.take().unwrap());
+        let stderr = Lines::pump(child.stderr.take().unwrap());
+        NsProc {
+            what,
+            child,
+            stdout,
+            stderr,
+            stopped: false,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a stdout line containing `needle` (e.g. "listening on"); panics with the
+    /// process's stderr if it does not come.
+    pub fn expect_stdout(&self, needle: &str, limit: Duration) -> (u64, String) {
+        self.stdout
+            .wait_for(limit, |l| l.contains(needle))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} printed no {needle:?} within {limit:?}; stdout: {:?}; stderr: {:?}",
+                    self.what,
+                    self.stdout.all(),
+                    self.stderr.all()
+                )
+            })
+    }
+
+    /// The executable the PID runs now (after `ip netns exec` replaced itself with the program).
+    pub fn exe(&self) -> std::path::PathBuf {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid())).unwrap_or_default()
+    }
+
+    pub fn signal(&mut self, sig: i32) {
+        // SAFETY: kill on our own, not yet reaped child: the PID cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) on {}", self.pid(), self.what);
+        if sig == libc::SIGSTOP {
+            self.stopped = true;
+        } else if sig == libc::SIGCONT {
+            self.stopped = false;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if self.stopped {
+            self.signal(libc::SIGCONT);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NsProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let err = self.stderr.all();
+            let tail = &err[err.len().saturating_sub(40)..];
+            eprintln!("---- last stderr lines of {} ----", self.what);
+            for (_, l) in tail {
+                eprintln!("{l}");
+            }
+        }
+        if self.stopped {
+            // SAFETY: as in `signal`; errors are irrelevant during cleanup.
+            unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Topology
+
+/// `lbt-<pid>-<tag>-lb` with a bridge `br0` (10.251.S.1/24) and `lbt-<pid>-<tag>-b<i>` with `eth0`
+/// (10.251.S.(10+i)/24), one veth pair each (`vb<i>` on the bridge side). Every namespace is
+/// deleted when this is dropped (with the veths, the bridge and any firewall table in them).
+/// Declare it before the processes that run in it, so that they are killed first.
+pub struct Topology {
+    pub prefix: String,
+    pub subnet: u8,
+    pub backends: usize,
+    created: Vec<String>,
+}
+
+impl Topology {
+    pub fn new(tag: &str, subnet: u8, backends: usize) -> Topology {
+        let mut t = Topology {
+            prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
+            subnet,
+            backends,
+            created: Vec::new(),
+        };
+        t.build()
+            .unwrap_or_else(|e| panic!("netns setup for {tag}: {e}"));
+        t
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.created.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let lb = self.lb_ns();
+        self.add_ns(&lb)?;
+        let bridge_addr = format!("{}/24", self.lb_ip());
+        for args in [
+            &["link", "add", "br0", "type", "bridge"][..],
+            &["addr", "add", &bridge_addr, "dev", "br0"],
+            &["link", "set", "br0", "up"],
+        ] {
+            ip(&[&["-n", &lb][..], args].concat())?;
+        }
+        for i in 1..=self.backends {
+            let ns = self.backend_ns(i);
+            self.add_ns(&ns)?;
+            let veth = format!("vb{i}");
+            let addr = format!("{}/24", self.backend_ip(i));
+            // Both ends are created inside namespaces: nothing ever appears in the root one.
+            ip(&[
+                "-n", &lb, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &lb, "link", "set", &veth, "master", "br0"])?;
+            ip(&["-n", &lb, "link", "set", &veth, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    pub fn lb_ns(&self) -> String {
+        format!("{}-lb", self.prefix)
+    }
+
+    pub fn backend_ns(&self, i: usize) -> String {
+        format!("{}-b{i}", self.prefix)
+    }
+
+    pub fn lb_ip(&self) -> String {
+        format!("10.251.{}.1", self.subnet)
+    }
+
+    pub fn backend_ip(&self, i: usize) -> String {
+        format!("10.251.{}.{}", self.subnet, 10 + i)
+    }
+
+    /// Runs a short command inside `ns` (with `stdin` fed to it if given); its stdout.
+    pub fn exec(&self, ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> String {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A firewall rule inside `ns` on input to TCP `port`: `reset = false` drops the packets,
+    /// `reset = true` answers them with a TCP reset. nft when installed, else iptables.
+    pub fn block_port(&self, ns: &str, port: u16, reset: bool) {
+        match firewall_tool() {
+            Some("nft") => {
+                let verdict = if reset {
+                    "reject with tcp reset"
+                } else {
+                    "drop"
+                };
+                let script = format!(
+                    "table inet lbt {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} {verdict}\n  }}\n}}\n"
+                );
+                self.exec(ns, "nft", &["-f", "-"], Some(&script));
+            }
+            Some(_) => {
+                let port = port.to_string();
+                let mut args = vec!["-A", "INPUT", "-p", "tcp", "--dport", &port, "-j"];
+                if reset {
+                    args.extend(["REJECT", "--reject-with", "tcp-reset"]);
+                } else {
+                    args.push("DROP");
+                }
+                self.exec(ns, "iptables", &args, None);
+            }
+            None => panic!("no firewall tool (nft or iptables)"),
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // A namespace whose last process is gone disappears with its name; one that still has a
+        // process (killed later) disappears when that process exits.
+        for ns in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("netns cleanup: {e}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client, run inside the lb namespace by re-executing the test binary
+
+/// Environment variable that carries the client's settings into the re-executed test binary.
+pub const CLIENT_ENV: &str = "LBT_CLIENT";
+
+/// What the client does, passed through `CLIENT_ENV` as `key=value` words.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// lb's listener.
+    pub target: SocketAddr,
+    /// lb's admin API (inside the same namespace), polled for backend states.
+    pub admin: SocketAddr,
+    /// Requests per second, each on a new connection, open loop (one thread per request).
+    pub rate: u32,
+    pub duration_ms: u64,
+    /// Hard per-request limit of the client itself: a request still open then is a `timeout`.
+    pub timeout_ms: u64,
+    /// Backends that must all be "up" in /lb/stats before the load starts.
+    pub backends: Vec<String>,
+}
+
+impl ClientSpec {
+    pub fn to_env(&self) -> String {
+        format!(
+            "target={} admin={} rate={} duration_ms={} timeout_ms={} backends={}",
+            self.target,
+            self.admin,
+            self.rate,
+            self.duration_ms,
+            self.timeout_ms,
+            self.backends.join(",")
+        )
+    }
+
+    fn from_env(s: &str) -> ClientSpec {
+        let get = |k: &str| {
+            s.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("{CLIENT_ENV} lacks {k}: {s:?}"))
+                .to_string()
+        };
+        ClientSpec {
+            target: get("target").parse().unwrap(),
+            admin: get("admin").parse().unwrap(),
+            rate: get("rate").parse().unwrap(),
+            duration_ms: get("duration_ms").parse().unwrap(),
+            timeout_ms: get("timeout_ms").parse().unwrap(),
+            backends: get("backends").split(',').map(String::from).collect(),
+        }
+    }
+
+    /// Requests the run sends in all.
+    pub fn total(&self) -> u64 {
+        self.rate as u64 * self.duration_ms / 1000
+    }
+}
+
+/// Environment variable with the network namespace of the test process that started the client.
+pub const PARENT_NETNS_ENV: &str = "LBT_PARENT_NETNS";
+
+/// This process's network namespace, e.g. `net:[4026531833]`.
+pub fn own_netns() -> String {
+    std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// True unless this process is certainly in another network namespace than the test process that
+/// started it (which runs in the root one) and than PID 1 (when that one is readable).
+fn maybe_in_root_netns() -> bool {
+    let me = own_netns();
+    let parent = std::env::var(PARENT_NETNS_ENV).unwrap_or_default();
+    let init = std::fs::read_link("/proc/1/ns/net")
+        .map(|p| p.to_string_lossy().into_owned())
+        .ok();
+    me.is_empty() || parent.is_empty() || me == parent || init.is_some_and(|i| i == me)
+}
+
+/// The client's main, inside the lb namespace. Prints on stdout:
+/// `STATE <us> b1=up,b2=up,...` whenever the backend states in /lb/stats change (polled every
+/// 20 ms), `START <us>` once all backends are up and the load begins, one
+/// `REQ <start_us> <end_us> ok <X-Server-Id>` or `REQ <start_us> <end_us> err <kind> <detail>`
+/// per request, and `DONE <n>` when every request has ended.
+pub fn client_main() {
+    let Ok(spec) = std::env::var(CLIENT_ENV) else {
+        return;
+    };
+    assert!(
+        !maybe_in_root_netns(),
+        "the netns test client must run inside a test namespace, never in the root one"
+    );
+    let spec = ClientSpec::from_env(&spec);
+    // End the test harness's `test netns_client ... ` line: each of ours starts a line.
+    println!();
+
+    // Wait for lb's view: every backend up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(states) = backend_states(spec.admin) {
+            if spec
+                .backends
+                .iter()
+                .all(|b| states.contains(&format!("{b}=up")))
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "backends never all up in lb");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (done, admin) = (done.clone(), spec.admin);
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            while !done.load(Ordering::Relaxed) {
+                let states = backend_states(admin).unwrap_or_else(|e| format!("admin_error:{e}"));
+                if states != last {
+                    println!("STATE {} {states}", mono_us());
+                    last = states;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let start = mono_us();
+    println!("START {start}");
+    let total = spec.total();
+    let mut handles = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        sleep_until_us(start + n * 1_000_000 / spec.rate as u64);
+        let (target, limit) = (spec.target, Duration::from_millis(spec.timeout_ms));
+        handles.push(std::thread::spawn(move || {
+            let t0 = mono_us();
+            let result = request(target, Instant::now() + limit);
+            let t1 = mono_us();
+            match result {
+                Ok(id) => println!("REQ {t0} {t1} ok {id}"),
+                Err((kind, detail)) => {
+                    println!("REQ {t0} {t1} err {kind} {}", detail.replace('\n', " "))
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    println!("DONE {total}");
+}
+
+/// `b1=up,b2=down,...` from lb's /lb/stats.
+fn backend_states(admin: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_millis(500))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /lb/stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let body = resp.split_once("\r\n\r\n").ok_or("no body")?.1;
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let mut states: Vec<String> = v["backends"]
+        .as_array()
+        .ok_or("no backends")?
+        .iter()
+        .map(|b| {
+            format!(
+                "{}={}",
+                b["name"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    states.sort();
+    Ok(states.join(","))
+}
+
+fn error_kind(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connect_refused",
+        ConnectionReset | ConnectionAborted | BrokenPipe => "reset",
+        WouldBlock | TimedOut => "timeout",
+        _ => "io_other",
+    }
+}
+
+/// One `GET /` on a new connection; the `X-Server-Id` of a 200 answer, or (kind, detail).
+fn request(target: SocketAddr, deadline: Instant) -> Result<String, (&'static str, String)> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let io = |e: std::io::Error| (error_kind(&e), e.to_string());
+    let mut s =
+        TcpStream::connect_timeout(&target, left().max(Duration::from_millis(1))).map_err(|e| {
+            match error_kind(&e) {
+                "connect_refused" => ("connect_refused", e.to_string()),
+                "timeout" => ("timeout", e.to_string()),
+                _ => ("connect_other", e.to_string()),
+            }
+        })?;
+    s.set_nodelay(true).map_err(io)?;
+    s.set_write_timeout(Some(left().max(Duration::from_millis(1))))
+        .map_err(io)?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .map_err(io)?;
+    let mut resp = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let l = left();
+        if l.is_zero() {
+            return Err(("timeout", format!("{} bytes read", resp.len())));
+        }
+        s.set_read_timeout(Some(l)).map_err(io)?;
+        let n = s.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            return Err(("closed_early", format!("{} bytes read", resp.len())));
+        }
+        resp.extend_from_slice(&chunk[..n]);
+        let Some(head_end) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&resp[..head_end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or(("bad_response", "no content-length".to_string()))?;
+        if resp.len() < head_end + 4 + len {
+            continue;
+        }
+        // Complete: close first (the TIME_WAIT stays here, in this namespace).
+        drop(s);
+        if !head.starts_with("http/1.1 200") {
+            let status = head.lines().next().unwrap_or("").to_string();
+            return Err(("status", status));
+        }
+        return head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-server-id:"))
+            .map(|v| v.trim().to_string())
+            .ok_or(("bad_response", "no x-server-id".to_string()));
+    }
+}
