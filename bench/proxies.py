@@ -7,15 +7,20 @@ Proxies (one thread or worker each) are pinned to CPU 0; loadgen and three `back
 2. p99 latency each proxy adds over going direct, at a fixed request rate (open loop).
 3. Memory of 5,000 idle proxied connections (RSS growth per connection).
 4. Full stack on both cores, unpinned: loadgen -> lb -> backend vs wrk -> HAProxy -> nginx.
-Rounds interleaved (A B C C B A ...); medians with (min-max). Writes bench-results/proxies/.
+Rounds interleaved (A B C C B A ...); medians with (min-max). Writes bench-results/proxies/:
+proxies.json (raw), proxies.md (tables) and SVG charts (headline.svg, cpu-per-request.svg,
+latency-added.svg, memory-per-conn.svg, full-stack.svg).
 Usage: bench/proxies.py [--rounds 5] [--duration 8]
+       bench/proxies.py --charts-only      (re-render charts and proxies.md from proxies.json)
 """
 
 import argparse
+import json
 import resource
 import socket as so
 
 from lbbench import *  # noqa: F401,F403
+from svgchart import bar_chart_err, hbar_chart
 
 PROXIES = ["lb", "haproxy", "nginx"]
 
@@ -156,7 +161,19 @@ def main():
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for the memory figure")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--only", choices=["throughput", "latency", "memory", "fullstack"], action="append")
+    ap.add_argument("--charts-only", action="store_true",
+                    help="measure nothing: re-render the charts and proxies.md from bench-results/proxies/proxies.json")
     a = ap.parse_args()
+    if a.charts_only:
+        out = ROOT / "bench-results" / "proxies"
+        data = json.loads((out / "proxies.json").read_text())
+        env = data["env"]
+        run_args = argparse.Namespace(rounds=env.get("rounds", a.rounds), duration=env.get("duration_s", a.duration),
+                                      rate=env.get("rate", a.rate), idle=env.get("idle", a.idle))
+        charts(data, out)
+        (out / "proxies.md").write_text(report(data, run_args))
+        log(f"re-rendered {out / 'proxies.md'} and the charts from proxies.json")
+        return
     ensure_packages({"haproxy": "haproxy", "nginx-light": "nginx", "libnginx-mod-stream": "/usr/lib/nginx/modules/ngx_stream_module.so", "wrk": "wrk"})
     if not a.no_build:
         build_release()
@@ -182,7 +199,8 @@ def main():
         log("part 4: full stack, both cores, unpinned")
         data["fullstack"], data["fullstack_commands"] = full_stack(a.rounds, a.duration, 256)
     md = report(data, a)
-    write_results("proxies", "proxies", data, md)
+    out = write_results("proxies", "proxies", data, md)
+    charts(data, out)
     print(md)
 
 
@@ -196,9 +214,13 @@ def report(data, a):
              f"Taken {env['date_utc']} on {env['host']}: {env['cpus']} x {env['cpu_model']}, {env['mem_gib']} GiB, "
              f"Linux {env['kernel']}; {env['haproxy']}; {env['nginx']}; {env['rustc']}; lb commit {env['git_commit']}.",
              f"{env['pinning']}. {a.rounds} interleaved rounds of {a.duration} s; medians with (min-max). "
-             f"CPU from /proc. Rerun: `python3 bench/proxies.py`.\n"]
+             f"CPU from /proc. Rerun: `python3 bench/proxies.py`; `python3 bench/proxies.py --charts-only` "
+             f"re-renders the charts and this file from proxies.json.\n"]
+    if headline_rows(data):
+        lines.append("![lb relative to HAProxy and nginx](headline.svg)\n")
     if "throughput" in data:
         lines.append("## 1. Proxy CPU per request (one thread each)\n")
+        lines.append("![proxy CPU per request](cpu-per-request.svg)\n")
         lines.append("| load | proxy | req/s | proxy CPU us/req | req per proxy CPU-s | lb (no pool) relative to it |")
         lines.append("|---|---|---|---|---|---|")
         for mode, by in data["throughput"].items():
@@ -216,6 +238,7 @@ def report(data, a):
         lat = data["latency"]
         d50, d99 = med(lat["direct"], "latency_ms", "p50")["median"], med(lat["direct"], "latency_ms", "p99")["median"]
         lines.append(f"## 2. Latency added at {a.rate} req/s, 64 connections, one backend (ms)\n")
+        lines.append("![latency added over direct](latency-added.svg)\n")
         lines.append("| path | p50 | p99 | p99 added over direct |")
         lines.append("|---|---|---|---|")
         for p in ["direct", *PROXIES]:
@@ -229,6 +252,7 @@ def report(data, a):
                      f"{(lb_add / ha_add if ha_add > 0 else float('nan')):.2f} (target <= 0.5).\n")
     if "memory" in data:
         lines.append(f"## 3. Memory of {a.idle} idle proxied connections (RSS growth)\n")
+        lines.append("![memory per idle connection](memory-per-conn.svg)\n")
         lines.append("| proxy | RSS before (MiB) | RSS after (MiB) | per connection (KiB) |")
         lines.append("|---|---|---|---|")
         for p, m in data["memory"].items():
@@ -238,6 +262,7 @@ def report(data, a):
         fs = data["fullstack"]
         o, t = med(fs["ours"], "rps"), med(fs["theirs"], "rps")
         lines.append("## 4. Full stack on both cores, unpinned, 256 connections\n")
+        lines.append("![full stack](full-stack.svg)\n")
         lines.append("| stack | req/s |")
         lines.append("|---|---|")
         lines.append(f"| loadgen -> lb (2 cores) -> 3 backend | {o['median']:.0f} ({o['min']:.0f}-{o['max']:.0f}) |")
@@ -246,6 +271,157 @@ def report(data, a):
         lines.append("Commands: " + "; ".join(f"{k}: `{v}`" for k, v in data.get("fullstack_commands", {}).items()) + "\n")
     lines.append("Raw per-round figures and commands: `proxies.json` beside this file.\n")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts (svgchart.py): medians, whiskers min-max over the rounds
+# ---------------------------------------------------------------------------------------------
+
+LABELS = {"lb": "lb", "haproxy": "HAProxy", "nginx": "nginx stream", "lb-readiness": "lb (readiness relay)",
+          "lb+pool": "lb + pool"}
+COLORS = {"lb": "#1f77b4", "haproxy": "#7f7f7f", "nginx": "#2ca02c", "lb-readiness": "#aec7e8", "lb+pool": "#17becf"}
+MODES = {"keepalive-64": "64 keep-alive conns", "keepalive-512": "512 keep-alive conns",
+         "newconn-64": "new connection per request"}
+
+
+def spread(values):
+    return (min(values), max(values)) if len(values) > 1 else None
+
+
+def paired(a, b, f):
+    """f(a[j], b[j]) per round j: the rounds are interleaved, so the j-th run of each is from round j."""
+    return [f(x, y) for x, y in zip(a, b)]
+
+
+def headline_rows(data):
+    """(label, {vs: (median ratio, (min, max) of per-round ratios or None)}): > 1 means lb is better."""
+    rows = []
+    th = data.get("throughput", {})
+    for mode, name in (("keepalive-64", "requests per CPU-second,\n64 keep-alive connections"),
+                       ("keepalive-512", "requests per CPU-second,\n512 keep-alive connections"),
+                       ("newconn-64", "requests per CPU-second,\nnew connection per request")):
+        if mode not in th:
+            continue
+        by = th[mode]
+        lb = [r["requests_per_proxy_cpu_s"] for r in by["lb"]]
+        vals = {}
+        for other in ("haproxy", "nginx"):
+            o = [r["requests_per_proxy_cpu_s"] for r in by[other]]
+            vals[other] = (med(by["lb"], "requests_per_proxy_cpu_s")["median"] /
+                           med(by[other], "requests_per_proxy_cpu_s")["median"], spread(paired(lb, o, lambda x, y: x / y)))
+        rows.append((name, vals))
+    if "latency" in data:
+        lat = data["latency"]
+        d = [r["latency_ms"]["p99"] for r in lat["direct"]]
+        lb = [r["latency_ms"]["p99"] for r in lat["lb"]]
+        d99 = med(lat["direct"], "latency_ms", "p99")["median"]
+        lb_add = med(lat["lb"], "latency_ms", "p99")["median"] - d99
+        vals = {}
+        for other in ("haproxy", "nginx"):
+            o = [r["latency_ms"]["p99"] for r in lat[other]]
+            o_add = med(lat[other], "latency_ms", "p99")["median"] - d99
+            per = [(oo - dd) / (ll - dd) for oo, ll, dd in zip(o, lb, d) if ll - dd > 0]
+            vals[other] = (o_add / lb_add, spread(per) if len(per) == len(o) else None)
+        rows.append(("p99 latency added over direct\n(theirs / lb's)", vals))
+    if "memory" in data:
+        m = data["memory"]
+        rows.append(("memory per idle connection\n(theirs / lb's, default relay)",
+                     {o: (m[o]["bytes_per_conn"] / m["lb"]["bytes_per_conn"], None) for o in ("haproxy", "nginx")}))
+        if "lb-readiness" in m:
+            rows.append(("memory per idle connection\n(theirs / lb's, readiness relay)",
+                         {o: (m[o]["bytes_per_conn"] / m["lb-readiness"]["bytes_per_conn"], None)
+                          for o in ("haproxy", "nginx")}))
+    if "fullstack" in data:
+        fs = data["fullstack"]
+        o, t = [r["rps"] for r in fs["ours"]], [r["rps"] for r in fs["theirs"]]
+        rows.append(("full stack req/s, both CPUs:\nloadgen->lb->backend vs wrk->HAProxy->nginx",
+                     {"haproxy": (med(fs["ours"], "rps")["median"] / med(fs["theirs"], "rps")["median"],
+                                  spread(paired(o, t, lambda x, y: x / y)))}))
+    return rows
+
+
+def charts(data, out):
+    env = data["env"]
+    sub = f"{env.get('rounds', '?')} interleaved rounds, median, whiskers min-max"
+    written = []
+    rows = headline_rows(data)
+    if rows:
+        hbar_chart(out / "headline.svg", "lb relative to HAProxy and nginx stream (> 1 = lb better)",
+                   [r[0] for r in rows], ["vs HAProxy 2.6 (mode tcp)", "vs nginx 1.22 stream"],
+                   [[r[1].get(o, (None, None))[0] for r in rows] for o in ("haproxy", "nginx")],
+                   "ratio (lb's advantage; 1 = parity)",
+                   spreads=[[r[1].get(o, (None, None))[1] for r in rows] for o in ("haproxy", "nginx")],
+                   colors=[COLORS["haproxy"], COLORS["nginx"]], refs=[(1.0, "parity")],
+                   note=f"One thread or worker per proxy; proxies on CPU 0, load and backends on CPU 1 (full stack: "
+                        f"both CPUs, unpinned). {env['cpus']} x {env['cpu_model']}, Linux {env['kernel']}, "
+                        f"{env['date_utc'][:10]}.\n"
+                        f"Bars: ratio of the medians over {env.get('rounds', '?')} interleaved rounds; whiskers: "
+                        f"min-max of the per-round ratios (memory: one measurement, no whisker).\n"
+                        f"This project's targets: 1.4x CPU, 2x on added p99 latency, lb <= 4 KiB per idle connection, "
+                        f"1.4x full stack. Source: bench-results/proxies/proxies.json.")
+        written.append("headline.svg")
+    if "throughput" in data:
+        th = data["throughput"]
+        modes = [m for m in MODES if m in th]
+        proxies = [p for p in ("lb", "lb-readiness", "lb+pool", "haproxy", "nginx") if any(p in th[m] for m in modes)]
+        vals, sps = [], []
+        for p in proxies:
+            vals.append([med(th[m][p], "proxy_cpu_us_per_req")["median"] if p in th[m] else None for m in modes])
+            sps.append([spread([r["proxy_cpu_us_per_req"] for r in th[m][p]]) if p in th[m] else None for m in modes])
+        bar_chart_err(out / "cpu-per-request.svg", "Proxy CPU per request (one thread each, lower is better)",
+                      [MODES[m] for m in modes], [LABELS[p] for p in proxies], vals,
+                      f"load ({sub})", "proxy CPU time per request (microseconds)", spreads=sps,
+                      colors=[COLORS[p] for p in proxies], fmt=lambda v: f"{v:.1f}", width=980,
+                      note="utime + stime of the\nproxy (/proc/PID/stat)\n/ requests; loadgen\n1 worker on CPU 1")
+        written.append("cpu-per-request.svg")
+    if "latency" in data:
+        lat = data["latency"]
+        proxies = [p for p in ("lb", "haproxy", "nginx") if p in lat]
+        vals, sps = [], []
+        for p in proxies:
+            row, sp = [], []
+            for k in ("p50", "p99"):
+                dmed = med(lat["direct"], "latency_ms", k)["median"]
+                row.append((med(lat[p], "latency_ms", k)["median"] - dmed) * 1000)
+                per = [(r["latency_ms"][k] - d["latency_ms"][k]) * 1000 for r, d in zip(lat[p], lat["direct"])]
+                sp.append((max(0.0, min(per)), max(per)) if len(per) > 1 else None)
+            vals.append(row)
+            sps.append(sp)
+        rate = env.get("rate", "?")
+        bar_chart_err(out / "latency-added.svg",
+                      f"Latency each proxy adds over going direct ({rate:,} req/s, 64 connections)",
+                      ["p50 added", "p99 added"], [LABELS[p] for p in proxies], vals,
+                      f"percentile (open loop, one backend; {sub} of per-round differences)",
+                      "added latency (microseconds, lower is better)", spreads=sps,
+                      colors=[COLORS[p] for p in proxies], fmt=lambda v: f"+{v:.0f} us", width=900,
+                      note="added = the proxy's\npercentile minus direct's\n(medians); whiskers:\nper-round "
+                           "differences,\nfloored at 0")
+        written.append("latency-added.svg")
+    if "memory" in data:
+        m = data["memory"]
+        proxies = [p for p in ("lb", "lb-readiness", "haproxy", "nginx") if p in m]
+        n = next(iter(m.values()))["connections"]
+        bar_chart_err(out / "memory-per-conn.svg", f"Memory per idle proxied connection ({n:,} held open)",
+                      [LABELS[p] for p in proxies], ["RSS growth per connection"],
+                      [[m[p]["bytes_per_conn"] / 1024 for p in proxies]], "proxy (one thread or worker)",
+                      "KiB per idle connection (lower is better)", bar_colors=[COLORS[p] for p in proxies],
+                      legend=False, fmt=lambda v: f"{v:.2f} KiB", ref_line=4.0, ref_label="target 4 KiB", width=820,
+                      note="(RSS after - RSS before)\n/ connections held open,\none request on each;\n"
+                           "one measurement")
+        written.append("memory-per-conn.svg")
+    if "fullstack" in data:
+        fs = data["fullstack"]
+        sides = [("ours", "loadgen -> lb -> 3 backend"), ("theirs", "wrk -> HAProxy -> 3 nginx")]
+        bar_chart_err(out / "full-stack.svg", "Full stack on both CPUs, unpinned, 256 keep-alive connections",
+                      [name for _, name in sides], ["req/s"], [[med(fs[k], "rps")["median"] for k, _ in sides]],
+                      f"stack ({sub})", "requests per second (higher is better)",
+                      spreads=[[spread([r["rps"] for r in fs[k]]) for k, _ in sides]],
+                      bar_colors=[COLORS["lb"], COLORS["haproxy"]], legend=False, fmt=lambda v: f"{v:,.0f}",
+                      width=820,
+                      note="lb --cores 2, loadgen\n--cores 2; HAProxy\nnbthread 2, wrk -t2;\n"
+                           "3 backends (backend or\nnginx, 1 worker each)")
+        written.append("full-stack.svg")
+    log(f"charts: {', '.join(written)}")
 
 
 if __name__ == "__main__":

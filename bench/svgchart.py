@@ -205,3 +205,263 @@ def timeline_chart(path, title, xs, series, x_title, y_title, events=(), width=9
                          f'font-size="10.5" fill="#555">{escape(line)}</text>')
     parts.append("</svg>")
     Path(path).write_text("\n".join(parts) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts with spread whiskers (median with min-max), log axes and explicit styles
+# ---------------------------------------------------------------------------------------------
+
+DASHES = ["", "6 3", "2 3", "8 3 2 3"]
+
+
+def log_ticks(vmin, vmax):
+    """1-2-5 ticks per decade covering vmin..vmax (both > 0); returns (ticks, lo, hi) with lo/hi the
+    axis limits (the nearest 1-2-5 values outside the data)."""
+    steps = (1, 2, 5)
+    cand = []
+    for e in range(math.floor(math.log10(vmin)) - 1, math.ceil(math.log10(vmax)) + 2):
+        cand.extend(m * 10.0 ** e for m in steps)
+    lo = max(c for c in cand if c <= vmin * 1.0001)
+    hi = min(c for c in cand if c >= vmax * 0.9999)
+    ticks = [round(c, 12) for c in cand if lo <= c <= hi]
+    return ticks, lo, hi
+
+
+def _fmt_num(v):
+    if v >= 100 or v == int(v):
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def xy_chart(path, title, xs, series, x_title, y_title, spreads=None, styles=None, log2_x=False,
+             log_y=False, note=None, width=860, height=480, legend_width=210):
+    """Lines over a shared x axis with optional min-max whiskers.
+
+    series = {name: [y per x or None]}; spreads = {name: [(lo, hi) or None per x]};
+    styles = {name: {"color": "#...", "dash": "6 3", "width": 2.5}} (defaults: palette, solid).
+    log2_x puts the x values on a log2 scale (labels as given); log_y a 1-2-5 log scale on y."""
+    spreads = spreads or {}
+    styles = styles or {}
+    left, right, top, bottom = 78, legend_width, 44, 70
+    pw, ph = width - left - right, height - top - bottom
+    vals = [v for ys in series.values() for v in ys if v is not None]
+    vals += [b for sp in spreads.values() for p in sp if p for b in p]
+    parts = _svg_open(width, height, title)
+    if log_y:
+        ticks, ylo, yhi = log_ticks(min(v for v in vals if v > 0), max(vals))
+
+        def py(y):
+            y = max(y, ylo)
+            return top + ph - ph * (math.log10(y) - math.log10(ylo)) / (math.log10(yhi) - math.log10(ylo))
+        for t in ticks:
+            y = py(t)
+            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e0e0e0"/>')
+            parts.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
+            parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t)}</text>')
+        cy = top + ph / 2
+        parts.append(f'<text x="18" y="{cy}" text-anchor="middle" transform="rotate(-90 18 {cy})" '
+                     f'font-size="13">{escape(y_title)}</text>')
+        parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
+        parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
+    else:
+        ticks = nice_ticks(max(vals) * 1.05)
+        ymax = ticks[-1]
+        _y_axis(parts, left, top, pw, ph, ticks, y_title)
+
+        def py(y):
+            return top + ph - ph * y / ymax
+
+    fx = (lambda x: math.log2(x)) if log2_x else (lambda x: x)
+    xmin, xmax = fx(min(xs)), fx(max(xs))
+    pad = 0.05 * pw
+
+    def px(x):
+        return left + pad + (pw - 2 * pad) * (fx(x) - xmin) / ((xmax - xmin) or 1)
+
+    for x in xs:
+        parts.append(f'<line x1="{px(x):.1f}" y1="{top + ph}" x2="{px(x):.1f}" y2="{top + ph + 5}" stroke="#333"/>')
+        parts.append(f'<text x="{px(x):.1f}" y="{top + ph + 20}" text-anchor="middle">{fmt_tick(x)}</text>')
+    names = list(series)
+    colors, dashes, widths = [], [], []
+    for i, name in enumerate(names):
+        st = styles.get(name, {})
+        colors.append(st.get("color", PALETTE[i % len(PALETTE)]))
+        dashes.append(st.get("dash", ""))
+        widths.append(st.get("width", 2.5))
+    for i, name in enumerate(names):
+        col, dash, sw = colors[i], dashes[i], widths[i]
+        sp = spreads.get(name) or [None] * len(xs)
+        # Whiskers first, offset a little per series so that coinciding ones stay visible.
+        off = (i - (len(names) - 1) / 2) * 2.0
+        for x, rng in zip(xs, sp):
+            if rng is None:
+                continue
+            lo, hi = rng
+            x0 = px(x) + off
+            parts.append(f'<line x1="{x0:.1f}" y1="{py(lo):.1f}" x2="{x0:.1f}" y2="{py(hi):.1f}" '
+                         f'stroke="{col}" stroke-width="1.2" opacity="0.7"/>')
+            for yy in (lo, hi):
+                parts.append(f'<line x1="{x0 - 3:.1f}" y1="{py(yy):.1f}" x2="{x0 + 3:.1f}" y2="{py(yy):.1f}" '
+                             f'stroke="{col}" stroke-width="1.2" opacity="0.7"/>')
+        pts = [(x, y) for x, y in zip(xs, series[name]) if y is not None]
+        d = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        da = f' stroke-dasharray="{dash}"' if dash else ""
+        parts.append(f'<polyline points="{d}" fill="none" stroke="{col}" stroke-width="{sw:.1f}"{da}/>')
+        for x, y in pts:
+            rng = dict(zip(xs, sp)).get(x)
+            extra = f" (min {_fmt_num(rng[0])}, max {_fmt_num(rng[1])})" if rng else ""
+            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{col}">'
+                         f'<title>{escape(name)} at {fmt_tick(x)}: {_fmt_num(y)}{escape(extra)}</title></circle>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 28}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
+    lx, ly = left + pw + 16, top + 14
+    for i, name in enumerate(names):
+        yy = ly + i * 20
+        da = f' stroke-dasharray="{dashes[i]}"' if dashes[i] else ""
+        parts.append(f'<line x1="{lx - 2}" y1="{yy - 4}" x2="{lx + 22}" y2="{yy - 4}" stroke="{colors[i]}" '
+                     f'stroke-width="2.5"{da}/>')
+        parts.append(f'<text x="{lx + 28}" y="{yy}">{escape(name)}</text>')
+    if note:
+        for j, line in enumerate(note.split("\n")):
+            parts.append(f'<text x="{lx}" y="{ly + 20 * len(names) + 14 + 15 * j}" '
+                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
+
+
+def bar_chart_err(path, title, categories, series, values, x_title, y_title, spreads=None, colors=None,
+                  labels=True, ref_line=None, ref_label=None, note=None, width=900, height=480, fmt=None,
+                  bar_colors=None, legend=True, right=190):
+    """Grouped bars with min-max whiskers: values[s][c] (None = no bar), spreads[s][c] = (lo, hi) or None.
+    Each bar carries its value as a label above it (labels=True); fmt formats those labels.
+    bar_colors (one per category) colours a single series bar by bar; legend=False drops the legend."""
+    fmt = fmt or _fmt_num
+    left, top, bottom = 78, 44, 80
+    pw, ph = width - left - right, height - top - bottom
+    spreads = spreads or [[None] * len(categories) for _ in series]
+    vmax = max([v for row in values for v in row if v is not None] +
+               [p[1] for row in spreads for p in row if p] + [ref_line or 0])
+    ticks = nice_ticks(vmax * 1.08)
+    ymax = ticks[-1]
+    parts = _svg_open(width, height, title)
+    _y_axis(parts, left, top, pw, ph, ticks, y_title)
+    gw = pw / len(categories)
+    bw = gw * 0.8 / len(series)
+    colors = colors or [PALETTE[i % len(PALETTE)] for i in range(len(series))]
+
+    def py(v):
+        return top + ph - ph * v / ymax
+
+    for ci, cat in enumerate(categories):
+        gx = left + ci * gw + gw * 0.1
+        for si in range(len(series)):
+            v = values[si][ci]
+            if v is None:
+                continue
+            x = gx + si * bw
+            rng = spreads[si][ci]
+            tip = f"{cat} {series[si]}: {fmt(v)}" + (f" (min {fmt(rng[0])}, max {fmt(rng[1])})" if rng else "")
+            fill = bar_colors[ci] if bar_colors else colors[si]
+            parts.append(f'<rect x="{x:.1f}" y="{py(v):.1f}" width="{bw - 2:.1f}" height="{ph * v / ymax:.1f}" '
+                         f'fill="{fill}"><title>{escape(tip)}</title></rect>')
+            cx = x + (bw - 2) / 2
+            top_y = py(v)
+            if rng:
+                parts.append(f'<line x1="{cx:.1f}" y1="{py(rng[0]):.1f}" x2="{cx:.1f}" y2="{py(rng[1]):.1f}" '
+                             f'stroke="#222" stroke-width="1.2"/>')
+                for yy in rng:
+                    parts.append(f'<line x1="{cx - 4:.1f}" y1="{py(yy):.1f}" x2="{cx + 4:.1f}" y2="{py(yy):.1f}" '
+                                 f'stroke="#222" stroke-width="1.2"/>')
+                top_y = min(top_y, py(rng[1]))
+            if labels:
+                parts.append(f'<text x="{cx:.1f}" y="{top_y - 4:.1f}" text-anchor="middle" font-size="10.5">'
+                             f'{escape(fmt(v))}</text>')
+        cx = left + ci * gw + gw / 2
+        parts.append(f'<text x="{cx:.1f}" y="{top + ph + 20}" text-anchor="middle" font-size="12">{escape(cat)}</text>')
+    if ref_line is not None:
+        y = py(ref_line)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#555" stroke-dasharray="6 4"/>')
+        if ref_label:
+            parts.append(f'<text x="{left + pw + 6}" y="{y + 4:.1f}" font-size="11" fill="#555">{escape(ref_label)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 30}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
+    if legend:
+        _legend(parts, left + pw + 16, top + 14, series, colors)
+    if note:
+        y0 = top + 14 + (20 * len(series) + 14 if legend else 0)
+        for j, line in enumerate(note.split("\n")):
+            parts.append(f'<text x="{left + pw + 16}" y="{y0 + 15 * j}" '
+                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
+
+
+def hbar_chart(path, title, rows, series, values, x_title, spreads=None, colors=None, refs=(), note=None,
+               width=900, row_height=None, fmt=None):
+    """Horizontal grouped bars, one group per row label (top to bottom): values[s][r] (None = none),
+    spreads[s][r] = (lo, hi) or None as whiskers, refs = [(x, label)] vertical reference lines."""
+    fmt = fmt or (lambda v: f"{v:.2f}x")
+    spreads = spreads or [[None] * len(rows) for _ in series]
+    colors = colors or [PALETTE[i % len(PALETTE)] for i in range(len(series))]
+    bh = 18
+    gh = row_height or (bh * len(series) + 16)
+    left, right, top = 330, 40, 60 + 20 * len(series)
+    note_lines = note.split("\n") if note else []
+    height = top + gh * len(rows) + 52 + 15 * len(note_lines)
+    pw = width - left - right
+    ph = gh * len(rows)
+    vmax = max([v for row in values for v in row if v is not None] +
+               [p[1] for row in spreads for p in row if p] + [x for x, _ in refs])
+    ticks = nice_ticks(vmax * 1.12)
+    xmax = ticks[-1]
+
+    def px(v):
+        return left + pw * v / xmax
+
+    parts = _svg_open(width, height, title)
+    for t in ticks:
+        x = px(t)
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#e0e0e0"/>')
+        parts.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">{fmt_tick(t)}</text>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
+    parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
+    for ri, row in enumerate(rows):
+        gy = top + ri * gh + 8
+        lines = row.split("\n")
+        cy = top + ri * gh + gh / 2
+        for j, line in enumerate(lines):
+            yy = cy + 4 + (j - (len(lines) - 1) / 2) * 14
+            parts.append(f'<text x="{left - 10}" y="{yy:.1f}" text-anchor="end" font-size="12">{escape(line)}</text>')
+        for si in range(len(series)):
+            v = values[si][ri]
+            if v is None:
+                continue
+            y = gy + si * bh
+            rng = spreads[si][ri]
+            tip = f"{row.replace(chr(10), ' ')}, {series[si]}: {fmt(v)}"
+            if rng:
+                tip += f" (min {fmt(rng[0])}, max {fmt(rng[1])})"
+            parts.append(f'<rect x="{left}" y="{y:.1f}" width="{px(v) - left:.1f}" height="{bh - 3}" '
+                         f'fill="{colors[si]}"><title>{escape(tip)}</title></rect>')
+            end = px(v)
+            my = y + (bh - 3) / 2
+            if rng:
+                parts.append(f'<line x1="{px(rng[0]):.1f}" y1="{my:.1f}" x2="{px(rng[1]):.1f}" y2="{my:.1f}" '
+                             f'stroke="#222" stroke-width="1.2"/>')
+                for xx in rng:
+                    parts.append(f'<line x1="{px(xx):.1f}" y1="{my - 4:.1f}" x2="{px(xx):.1f}" y2="{my + 4:.1f}" '
+                                 f'stroke="#222" stroke-width="1.2"/>')
+                end = max(end, px(rng[1]))
+            parts.append(f'<text x="{end + 5:.1f}" y="{my + 4:.1f}" font-size="11">{escape(fmt(v))}</text>')
+    for x, label in refs:
+        parts.append(f'<line x1="{px(x):.1f}" y1="{top - 6}" x2="{px(x):.1f}" y2="{top + ph}" stroke="#555" '
+                     f'stroke-dasharray="6 4"/>')
+        parts.append(f'<text x="{px(x):.1f}" y="{top - 10}" text-anchor="middle" font-size="11" fill="#555">'
+                     f'{escape(label)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 36}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
+    for i, (name, col) in enumerate(zip(series, colors)):
+        yy = 46 + i * 20
+        parts.append(f'<rect x="{left}" y="{yy - 10}" width="14" height="12" fill="{col}"/>')
+        parts.append(f'<text x="{left + 22}" y="{yy}">{escape(name)}</text>')
+    for j, line in enumerate(note_lines):
+        parts.append(f'<text x="16" y="{top + ph + 60 + 15 * j}" font-size="10.5" fill="#555">{escape(line)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
