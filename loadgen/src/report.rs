@@ -24,6 +24,8 @@ pub struct Report {
     pub bytes: u64,
     pub bytes_per_sec: f64,
     pub duration_s: f64,
+    /// Start of the measurement (t = 0 of the timeline), ms since the Unix epoch.
+    pub started_unix_ms: f64,
     pub latency_ms: Latency,
     /// Open loop only: how late requests from idle connections left after their due time.
     pub schedule_lag_ms: Option<Lag>,
@@ -150,6 +152,7 @@ impl Report {
             bytes: t.bytes,
             bytes_per_sec: per_sec(t.bytes),
             duration_s: out.duration_s,
+            started_unix_ms: out.started_unix_ms,
             latency_ms: latency,
             schedule_lag_ms: (cfg.rate.is_some() && !t.lag.is_empty()).then(|| Lag {
                 p50: ms(t.lag.value_at_quantile(0.5)),

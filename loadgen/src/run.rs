@@ -27,6 +27,9 @@ pub struct RunOutput {
     pub drivers: Vec<IoDriver>,
     /// Measured wall time, seconds.
     pub duration_s: f64,
+    /// When the measurement started (t = 0 of the timeline), in ms since the Unix epoch, so that
+    /// other programs' logs can be lined up with the timeline.
+    pub started_unix_ms: f64,
     /// CPU seconds the process used during the measurement (None if /proc is unreadable).
     pub cpu_seconds: Option<f64>,
     pub interrupted: bool,
@@ -52,6 +55,7 @@ pub fn run(cfg: Config) -> std::io::Result<RunOutput> {
     let cpu_before = lb_common::sysinfo::process_cpu_seconds();
     let launch = Instant::now() + LAUNCH_DELAY;
     let measure_start = launch + cfg.warmup;
+    let started_unix_ms = unix_ms_at(measure_start);
     let end = match cfg.stop {
         StopAt::Duration(d) => Some(measure_start + d),
         StopAt::Requests(_) => None,
@@ -115,6 +119,7 @@ pub fn run(cfg: Config) -> std::io::Result<RunOutput> {
         totals,
         drivers,
         duration_s: duration.as_secs_f64(),
+        started_unix_ms,
         cpu_seconds: match (cpu_start, cpu_after) {
             (Some(a), Some(b)) => Some((b - a).max(0.0)),
             _ => None,
@@ -122,6 +127,14 @@ pub fn run(cfg: Config) -> std::io::Result<RunOutput> {
         interrupted,
         aborted,
     })
+}
+
+/// The wall-clock time (ms since the Unix epoch) of a monotonic instant in the near future.
+fn unix_ms_at(at: Instant) -> f64 {
+    let now_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (now_wall + at.saturating_duration_since(Instant::now())).as_secs_f64() * 1000.0
 }
 
 /// One core: its share of the connections, each a task, all recording into the core's stats.

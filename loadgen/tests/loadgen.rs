@@ -22,8 +22,16 @@ fn a_fixed_request_count_is_exact_and_split_between_server_ids() {
         ids: vec!["a", "b"],
         ..Http::default()
     }));
+    let before_ms = unix_ms();
     let run = loadgen(&[&server.url(), "--requests", "1000", "--conns", "8"]);
+    let after_ms = unix_ms();
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // t = 0 of the timeline, on the wall clock: after loadgen was started and before it ended.
+    let started = run.f("/started_unix_ms");
+    assert!(
+        before_ms < started && started < after_ms,
+        "{before_ms} < {started} < {after_ms}"
+    );
     assert_eq!(run.u("/requests"), 1000);
     assert_eq!(run.u("/errors"), 0);
     assert_eq!(run.u("/servers/a"), 500);
@@ -471,4 +479,12 @@ fn https_is_refused_with_a_clear_message() {
         "{}",
         run.stderr
     );
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }
