@@ -219,8 +219,9 @@ fn start_replicas(
     let stopping: replicas::StopProbe =
         std::sync::Arc::new(move || serving.get().is_some_and(|s| s.lifecycle.stopping()));
     // The supervisor restarts a replica its health checks hold down, once lb is serving.
+    let checked = started.clone();
     let down: replicas::DownProbe = std::sync::Arc::new(move |id: &str| {
-        started.get().is_some_and(|s| {
+        checked.get().is_some_and(|s| {
             s.set
                 .load()
                 .backends
@@ -232,7 +233,16 @@ fn start_replicas(
         count = config.replicas.len(),
         "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
     );
-    replicas::start(program, config.replicas.clone(), down, stopping)
+    // A restarted replica that listens again is fresh: every core stops skipping it at once.
+    let serving = started.clone();
+    let back: replicas::BackHook = std::sync::Arc::new(move |id: &str| {
+        if let Some(s) = serving.get() {
+            if let Err(e) = s.set.mark_restarted(id) {
+                tracing::warn!(id, error = %e, "cannot mark the restarted replica as back");
+            }
+        }
+    });
+    replicas::start(program, config.replicas.clone(), down, stopping, back)
         .map_err(|e| format!("cannot start local replicas: {e}"))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for r in &config.replicas {

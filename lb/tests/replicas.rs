@@ -75,6 +75,47 @@ fn with_no_backend_lb_starts_replicas_and_restarts_a_killed_one() {
     );
 }
 
+/// The `--id` a replica process was started with.
+fn replica_id(pid: u32) -> String {
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = argv.split(|&b| b == 0).collect();
+    let i = args.iter().position(|a| *a == b"--id").unwrap();
+    String::from_utf8(args[i + 1].to_vec()).unwrap()
+}
+
+#[test]
+fn a_restarted_replica_is_not_held_out_by_passive_ejection() {
+    // Regression: the refused connects at a replica's death ejected it for eject_ms on the core
+    // that saw them, so lb kept skipping the replacement although it listened within 300 ms.
+    let base = free_port_run(3);
+    let toml = format!(
+        "[replicas]\ncount = 3\nbase_port = {base}\n[retry]\neject_ms = 20000\neject_max_ms = 20000\n"
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let kids = children_of(lb.child.id());
+    assert_eq!(kids.len(), 3, "{kids:?}");
+    let victim = replica_id(kids[0]);
+    // SAFETY: plain kill(2) of a child this test's lb started.
+    unsafe { libc::kill(kids[0] as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    // Round robin reaches the dead replica within three requests: its connect is refused, the
+    // client is retried elsewhere, and the core ejects it for 20 s. (A request may also fail: the
+    // dying process's socket can accept a connection and reset it after the bytes went out.)
+    for _ in 0..6 {
+        let _ = request_id(lb.addr, None, "");
+    }
+    loop {
+        if request_id(lb.addr, None, "").ok().as_deref() == Some(victim.as_str()) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the restarted replica {victim} got no request within 5 s of its death (ejection is 20 s)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn replicas_stop_when_lb_stops() {
     let base = free_port_run(2);

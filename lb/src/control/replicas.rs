@@ -61,9 +61,16 @@ pub enum Program {
 pub type DownProbe = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// Tells whether lb is stopping: then replicas that exit are not restarted.
 pub type StopProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Called once a restarted replica accepts connections again, with its id.
+pub type BackHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A replica held down by its checks this long after starting is killed and restarted.
 const CHECK_GRACE: Duration = Duration::from_secs(3);
+
+/// While a restarted replica is not yet known to listen, it is probed this often...
+const ANNOUNCE_POLL: Duration = Duration::from_millis(10);
+/// ...for at most this long; after that the health checks alone decide.
+const ANNOUNCE_LIMIT: Duration = Duration::from_secs(5);
 
 struct Replica {
     spec: ReplicaSpec,
@@ -71,6 +78,8 @@ struct Replica {
     started: Instant,
     backoff: Duration,
     restart_at: Option<Instant>,
+    /// Restarted, and lb's cores not yet told that it listens again.
+    announce: bool,
 }
 
 /// Starts the replicas and a thread that restarts any that exits. Children get SIGTERM when
@@ -80,6 +89,7 @@ pub fn start(
     specs: Vec<ReplicaSpec>,
     down: DownProbe,
     stopping: StopProbe,
+    back: BackHook,
 ) -> std::io::Result<()> {
     let mut replicas = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -91,11 +101,12 @@ pub fn start(
             started: Instant::now(),
             backoff: Duration::from_millis(100),
             restart_at: None,
+            announce: false,
         });
     }
     std::thread::Builder::new()
         .name("lb-replicas".into())
-        .spawn(move || supervise(program, replicas, down, stopping))?;
+        .spawn(move || supervise(program, replicas, down, stopping, back))?;
     Ok(())
 }
 
@@ -137,15 +148,34 @@ fn spawn(program: &Program, spec: &ReplicaSpec) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn supervise(program: Program, mut replicas: Vec<Replica>, down: DownProbe, stopping: StopProbe) {
+fn supervise(
+    program: Program,
+    mut replicas: Vec<Replica>,
+    down: DownProbe,
+    stopping: StopProbe,
+    back: BackHook,
+) {
     loop {
-        std::thread::sleep(POLL);
+        let announcing = replicas.iter().any(|r| r.announce);
+        std::thread::sleep(if announcing { ANNOUNCE_POLL } else { POLL });
         if stopping() {
             // Shutting down (a signal may have reached the replicas too): no restarts.
             continue;
         }
         let now = Instant::now();
         for r in &mut replicas {
+            if r.announce && r.child.is_some() {
+                // The cores may still be skipping it after the refused connects of its death
+                // (passive ejection, up to seconds): tell them as soon as it listens.
+                if std::net::TcpStream::connect_timeout(&r.spec.addr, ANNOUNCE_POLL).is_ok() {
+                    r.announce = false;
+                    tracing::info!(id = %r.spec.id, after_ms = now.duration_since(r.started).as_millis() as u64,
+                        "restarted local backend replica accepts connections; back in rotation");
+                    back(&r.spec.id);
+                } else if now.duration_since(r.started) > ANNOUNCE_LIMIT {
+                    r.announce = false;
+                }
+            }
             if let Some(child) = &mut r.child {
                 match child.try_wait() {
                     Ok(None) if now.duration_since(r.started) > CHECK_GRACE && down(&r.spec.id) => {
@@ -180,6 +210,7 @@ fn supervise(program: Program, mut replicas: Vec<Replica>, down: DownProbe, stop
                         r.child = Some(child);
                         r.started = now;
                         r.restart_at = None;
+                        r.announce = true;
                     }
                     Err(e) => {
                         r.backoff = (r.backoff * 2).min(MAX_BACKOFF);

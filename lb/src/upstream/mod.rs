@@ -54,6 +54,28 @@ struct LocalBackend {
     suppressed: Cell<u64>,
 }
 
+impl LocalBackend {
+    /// A backend that became eligible again since the last snapshot (its checks brought it back
+    /// UP, it was undrained, or lb restarted it as a replica) starts with a clean slate: without
+    /// this, a core that saw it refuse would keep skipping it for the rest of its ejection (up to
+    /// `eject_max_ms`) although it is known to be back.
+    fn carry_over(
+        &self,
+        old_since: Option<Instant>,
+        new_since: Option<Instant>,
+        name: &str,
+        core: usize,
+    ) {
+        if old_since == new_since {
+            return;
+        }
+        self.fails.set(0);
+        if self.eject_until.take().is_some() {
+            tracing::info!(backend = %name, core, "backend is back: passive ejection cleared");
+        }
+    }
+}
+
 /// This core's balancer and local state for one snapshot generation.
 struct View {
     snap: Arc<Snapshot>,
@@ -163,9 +185,12 @@ impl CoreUpstream {
             .backends
             .iter()
             .map(|b| {
-                old_index(&b.name)
-                    .and_then(|i| view.local.get(i).cloned())
-                    .unwrap_or_default()
+                let kept = old_index(&b.name).and_then(|i| {
+                    let local = view.local.get(i).cloned()?;
+                    local.carry_over(view.snap.backends[i].since, b.since, &b.name, self.core);
+                    Some(local)
+                });
+                kept.unwrap_or_default()
             })
             .collect();
         let pools: Vec<Rc<BackendPool>> = snap
@@ -382,6 +407,26 @@ mod tests {
         assert_eq!(eject_for(base, max, 2), Duration::from_secs(2));
         assert_eq!(eject_for(base, max, 4), Duration::from_secs(8));
         assert_eq!(eject_for(base, max, 50), max);
+    }
+
+    #[test]
+    fn a_backend_that_comes_back_is_no_longer_ejected() {
+        let local = LocalBackend::default();
+        let t0 = Instant::now();
+        local.fails.set(3);
+        local.eject_until.set(Some(t0 + Duration::from_secs(8)));
+        // The same eligibility period: the ejection stands.
+        local.carry_over(Some(t0), Some(t0), "s1", 0);
+        assert!(local.eject_until.get().is_some());
+        assert_eq!(local.fails.get(), 3);
+        // Back up (or restarted) since: cleared, and the next failure starts from the base again.
+        local.carry_over(Some(t0), Some(t0 + Duration::from_millis(1)), "s1", 0);
+        assert_eq!(local.eject_until.get(), None);
+        assert_eq!(local.fails.get(), 0);
+        local.fails.set(2);
+        local.eject_until.set(Some(t0 + Duration::from_secs(4)));
+        local.carry_over(None, Some(t0), "s1", 0);
+        assert_eq!(local.eject_until.get(), None);
     }
 
     #[test]

@@ -208,6 +208,15 @@ impl BackendSet {
         })
     }
 
+    /// A replica lb restarted now accepts connections: it counts as newly eligible (cores clear
+    /// their passive ejection of it, slow start ramps it up).
+    pub fn mark_restarted(&self, name: &str) -> Result<u64, SetError> {
+        self.modify(name, |b| {
+            b.since = Some(Instant::now());
+            true
+        })
+    }
+
     fn modify(&self, name: &str, f: impl FnOnce(&mut Backend) -> bool) -> Result<u64, SetError> {
         self.update(|v| {
             let b = v
