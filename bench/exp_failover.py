@@ -151,6 +151,7 @@ def lb_events(log_path, sid):
         if f"backend={sid} " not in line and f"id={sid} " not in line:
             continue
         kind = ("down" if "backend DOWN" in line else "up" if "backend UP" in line
+                else "back" if "accepts connections; back in rotation" in line
                 else "restarted" if "restarted local backend replica" in line
                 else "exited" if "local backend replica exited" in line
                 else "unejected" if "backend accepts connections again" in line else None)
@@ -366,7 +367,7 @@ def write(results, args, env):
     def ms(x):
         return "n/a" if x is None else f"{x:,} ms"
     rows = [f"| `{v['variant']}` | {v['retry_tries']} | {v['eject_ms']} | {v['requests']:,} | {v['errors']} | "
-            f"{v['errors_after_detection']} | {ms(v['detection_ms'])} | {ms(v['restarted_ms'])} | "
+            f"{'n/a' if v['errors_after_detection'] is None else v['errors_after_detection']} | {ms(v['detection_ms'])} | {ms(v['restarted_ms'])} | "
             f"{ms(v['up_again_ms'])} | {ms(v['serving_again_ms'])} | "
             f"{', '.join(f'{k} {n}' for k, n in v['errors_by_kind'].items()) or '-'} |" for v in results]
     charts = "\n".join(f"![{v['variant']}](a3-{v['variant']}.svg)" for v in results)
@@ -442,10 +443,18 @@ def summary_findings(by, bound):
         else:
             checks = (f"The checks marked s2 DOWN after {s['detection_ms']} ms and UP again after "
                       f"{s['up_again_ms']} ms (rise = {HEALTH['rise']})")
+        back = [t for k, t in s["lb_events_s2"] if k == "back"]
         unej = [t for k, t in s["lb_events_s2"] if k == "unejected"]
-        hold = (f"; what delays its first connection is passive ejection: the refused connect at the kill made the "
-                f"core skip s2 for eject_ms (2 s), and lb logged it accepting connections again {unej[0]} s after "
-                f"the kill" if unej else "")
+        if back:
+            hold = (f": the supervisor saw the replacement listen {back[0]} s after the kill and told every core, "
+                    f"which cleared the passive ejection that s2's refused connects had caused (before that fix, "
+                    f"this waited out eject_ms, 2 s)")
+        elif unej:
+            hold = (f"; what delays its first connection is passive ejection: the refused connect at the kill made "
+                    f"the core skip s2 for eject_ms, and lb logged it accepting connections again {unej[0]} s "
+                    f"after the kill")
+        else:
+            hold = ""
         out.append(f"- Self-healing: lb saw its replica exit and restarted it after {s['restarted_ms']} ms. {checks}. "
                    f"It served again after {s['serving_again_ms']} ms{hold}. Client errors over the whole episode: "
                    f"{s['errors_after_kill']}.")
