@@ -359,7 +359,7 @@ def run(args):
     before = load_snapshot()
     log(f"saturation: {len(points)} points x {rounds} rounds, {args.warmup:g}+{args.duration:g} s each; "
         f"load average before: {' '.join(before['loadavg_1_5_15'])}")
-    rows = []
+    rows, failed = [], []
     t0 = time.time()
     for rnd in range(rounds):
         order = points if rnd % 2 == 0 else list(reversed(points))
@@ -381,7 +381,13 @@ def run(args):
                     log(f"  {s} had exited (code {proxies[s].proc.returncode}); starting it again")
                     proxies[s] = start_proxy(s, bports)
                     started.append(proxies[s])
-                row = run_point(s, c, proxies[s], backends, args)
+                try:
+                    row = run_point(s, c, proxies[s], backends, args)
+                except RuntimeError as ex:
+                    # One failed point (loadgen error or timeout) is recorded and the run goes on.
+                    log(f"  {s} {c} conns FAILED: {ex}")
+                    failed.append({"series": s, "conns": c, "round": rnd + 1, "error": str(ex)[-2000:]})
+                    continue
                 row["round"] = rnd + 1
                 row["time_wait_before"], row["waited_for_time_wait_s"] = tw, waited
                 row["proxy_command"] = " ".join(proxies[s].proc.args).replace(str(proxies[s].port), "PORT")
@@ -405,7 +411,7 @@ def run(args):
         "conns": conns, "sweep1_conns": SWEEP1_CONNS, "sweep1_series": s1_series, "sweep2_series": s2_series,
         "series": {s: SERIES[s] for s in {s for s, _ in points}}, "backends": N_BACKENDS,
         "backend_command": f"{TARGET / 'backend'} --listen 127.0.0.1:BPORT --id sI --cores 1 (unpinned)",
-        "wall_s": time.time() - t0, "environment": env, "runs": rows,
+        "wall_s": time.time() - t0, "environment": env, "runs": rows, "failed_points": failed,
     }
     data["summary"] = summarise(rows)
     (d / "saturation.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -724,6 +730,10 @@ def render(d, data):
                      "that the measured window is steady; where a proxy never caught up, its figures describe only "
                      "the connections it had accepted, and requests on the others time out after loadgen's 5 s "
                      "(`timeout` errors, then a reconnect).")
+    if data.get("failed_points"):
+        notes.append("- Points that failed outright (loadgen error, not in the medians): " +
+                     "; ".join(f"{f['series']} at {f['conns']:,}, round {f['round']}: {f['error'][-200:]}"
+                               for f in data["failed_points"]) + ".")
     errs = {k: v for k, v in S.items() if v["errors"]}
     exited = {k: v["proxy_exited"] for k, v in S.items() if v["proxy_exited"]}
     if errs:
