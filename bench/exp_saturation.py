@@ -266,7 +266,7 @@ def run_point(series, conns, proxy, backends, args):
         "error_samples": r.get("error_samples", {}), "latency_ms": r["latency_ms"],
         "duration_s": r["duration_s"], "connections_opened": r["connections_opened"],
         "servers": r["servers"], "timeline": r["timeline"],
-        # Requests that started in the window and ended after it = connections busy at the end.
+        # Requests that started in the window and were answered after it (loadgen's last timeline entry).
         "inflight_at_end": sum(t["requests"] for t in r["timeline"] if t["second"] >= int(args.duration)),
         "warmup_s": warmup, "accept": accept,
         "proxy_cpu_us_per_req": cpu_us, "window": w,
@@ -357,6 +357,12 @@ def run(args):
     if "haproxy" in s2_series + s1_series:
         lbbench.ensure_packages({"haproxy": "haproxy"})
     before = load_snapshot()
+    # The environment (git commit, versions) as the run starts; the load after it is added at the end.
+    env = lbbench.environment({
+        "pinning": (f"lb --cores 1 and HAProxy pinned to CPU {LB_CPU}, their loadgen to CPU {LG_CPU}; "
+                    f"lb --cores 2/4 and their loadgen unpinned; backends unpinned")
+        if LB_CPU is not None else "nothing pinned (1 CPU)",
+        "load_before": before})
     log(f"saturation: {len(points)} points x {rounds} rounds, {args.warmup:g}+{args.duration:g} s each; "
         f"load average before: {' '.join(before['loadavg_1_5_15'])}")
     rows, failed = [], []
@@ -398,12 +404,7 @@ def run(args):
         finally:
             for s in reversed(started):
                 s.stop()
-    after = load_snapshot()
-    env = lbbench.environment({
-        "pinning": (f"lb --cores 1 and HAProxy pinned to CPU {LB_CPU}, their loadgen to CPU {LG_CPU}; "
-                    f"lb --cores 2/4 and their loadgen unpinned; backends unpinned")
-        if LB_CPU is not None else "nothing pinned (1 CPU)",
-        "load_before": before, "load_after": after})
+    env["load_after"] = load_snapshot()
     data = {
         "experiment": "saturation", "rerun": rerun_command(args), "quick": bool(args.quick),
         "rounds": rounds, "duration_s": args.duration, "warmup_s": args.warmup,
@@ -542,10 +543,11 @@ def charts(d, data):
     for i, s in enumerate(s2):
         styles[label(data, s)] = {"color": "#7f7f7f" if s == "haproxy" else ["#1f77b4", "#ff7f0e", "#2ca02c"][i % 3],
                                   "dash": "6 3" if s == "haproxy" else ""}
-    starved = [f"{data['series'][s]['label']} at {c:,}: only\n{get(s, c, 'inflight_at_end')['median']:,.0f} "
-               f"connections served,\nthe rest never accepted"
+    starved = [f"{data['series'][s]['label']} at {c:,}: its\naccept queue never emptied\n"
+               f"({get(s, c, 'accept_last_queue')['median']:,.0f} still waiting {warmup_of(data, c) + data['duration_s']:g} s\n"
+               f"after the start): part of its\nconnections waited seconds\nfor their first answer"
                for s in s2 for c in conns if get(s, c, "accept_drained_s") is None and get(s, c, "rps")
-               and get(s, c, "inflight_at_end")]
+               and get(s, c, "accept_last_queue")]
     snote = "\n".join(starved) if starved else None
     xy_chart(d / "conns-rps.svg", "Throughput vs keep-alive connections (3 backends)", conns,
              {label(data, s): [med(s, c, "rps") for c in conns] for s in s2},
@@ -638,8 +640,8 @@ def render(d, data):
                 continue
             t2.append(f"| {c:,} | {data['series'][s]['label']} | {mm(x['rps'])} | {mm(x['p50'], f2)} | "
                       f"{mm(x['p99'], f2)} | {mm(x['p999'], f2)} | {mm(x['proxy_cpu_us_per_req'], f2)} | "
-                      f"{mm(x['proxy_rss_max'], lambda v: f'{v / 2**20:.1f}')} | {accept_cell(x)} | "
-                      f"{mm(x['inflight_at_end'])} | {x['errors']} |")
+                      f"{accept_cell(x)} | "
+                      f"{x['errors']} |")
 
     t3 = []
     for c in conns:
@@ -658,19 +660,43 @@ def render(d, data):
         best = max(range(len(conns)), key=lambda i: r[i])
         drop = 100 * (r[-1] / r[best] - 1)
         shape = ("the throughput stays on a plateau once the CPUs are saturated" if drop > -15 else
-                 "the throughput does not collapse, but it falls as connections are added, because every request "
-                 "costs more CPU in every process on the path (table above: proxy, backends and loadgen alike)")
+                 "the throughput does not collapse, but it falls as connections are added")
         notes.append(f"- lb --cores 1 peaks at {r[best]:,.0f} req/s ({conns[best]:,} connections) and serves "
                      f"{r[-1]:,.0f} req/s at {conns[-1]:,} connections ({drop:+.0f}% from the peak; "
                      f"{100 * (r[-1] / r[0] - 1):+.0f}% from {conns[0]:,}): {shape}.")
         cpu = [med("lb-1", c, "proxy_cpu_us_per_req") for c in conns]
         if all(cpu):
             busy = [med("lb-1", c, "proxy_cpus") for c in conns]
-            notes.append(f"- Its CPU per request goes from {cpu[0]:.2f} us at {conns[0]:,} connections to {cpu[-1]:.2f} us at "
-                         f"{conns[-1]:,} ({100 * (cpu[-1] / cpu[0] - 1):+.0f}%): more sockets, buffers and pending "
-                         f"operations per request (likely fewer cache hits; not profiled here). lb uses {min(busy):.2f}-{max(busy):.2f} "
-                         f"CPUs across the points (1.00 = all of CPU {LB_CPU}): it is pinned to one CPU but not alone "
-                         f"there, since the unpinned backends run on both CPUs.")
+            mach = [med("lb-1", c, "busy_cpus") for c in conns]
+            be = [med("lb-1", c, "backends_cpu_us_per_req") for c in conns]
+            lg = [med("lb-1", c, "loadgen_cpu_us_per_req") for c in conns]
+            txt = (f"- What grows is the proxy's own CPU per request: lb's goes from {cpu[0]:.2f} us at {conns[0]:,} "
+                   f"connections to {cpu[-1]:.2f} us at {conns[-1]:,} ({100 * (cpu[-1] / cpu[0] - 1):+.0f}%), while the "
+                   f"backends' goes from {be[0]:.2f} to {be[-1]:.2f} us and loadgen's from {lg[0]:.2f} to {lg[-1]:.2f} us "
+                   f"(table above).")
+            if "haproxy" in s2 and med("haproxy", conns[0], "proxy_cpu_us_per_req"):
+                h0, h1 = med("haproxy", conns[0], "proxy_cpu_us_per_req"), med("haproxy", conns[-1], "proxy_cpu_us_per_req")
+                txt += (f" HAProxy's grows the same way ({h0:.2f} to {h1:.2f} us, {100 * (h1 / h0 - 1):+.0f}%), so most "
+                        f"of it is likely the kernel's work per socket once thousands of sockets no longer fit the "
+                        f"caches, rather than something particular to lb (not profiled here).")
+            hi = max(range(len(conns)), key=lambda i: busy[i])
+            txt += (f" lb uses {min(busy):.2f}-{max(busy):.2f} of its CPU across the points (1.00 = all of CPU {LB_CPU}; "
+                    f"the unpinned backends take some of it); at {conns[hi]:,} connections it uses {busy[hi]:.2f} while "
+                    f"the whole machine is busy {mach[hi]:.2f} of {env['cpus']} CPUs, so there lb's one core is the "
+                    f"bottleneck and the other CPU waits for it.")
+            notes.append(txt)
+        if "lb-2" in s1 and "lb-4" in s1 and "lb-1" in s2:
+            per_core = []
+            for sname, cores in (("lb-1", 1), ("lb-2", 2), ("lb-4", 4)):
+                v = med(sname, c1, "proxy_cpu_us_per_req")
+                if v:
+                    per_core.append(f"{data['series'][sname]['label']} at {c1} ({c1 // cores} per core): {v:.2f} us")
+            for c in (128, 256):
+                v = med("lb-1", c, "proxy_cpu_us_per_req")
+                if v:
+                    per_core.append(f"lb --cores 1 at {c}: {v:.2f} us")
+            notes.append("- lb's CPU per request follows the connections per core rather than the total: "
+                         + "; ".join(per_core) + ".")
         lit = []
         for c in (conns[0], conns[-1]):
             x = e("lb-1", c)
@@ -685,12 +711,17 @@ def render(d, data):
     if "haproxy" in s2 and "lb-1" in s2:
         rat = [(c, med("lb-1", c, "rps") / med("haproxy", c, "rps")) for c in conns]
         p99r = [(c, med("lb-1", c, "p99") / med("haproxy", c, "p99")) for c in conns]
+        starved_at = [c for c in conns if e("haproxy", c)["accept_drained_s"] is None or
+                      e("haproxy", c)["accept_not_drained"] or e("haproxy", c)["accept_drained_s"]["max"] > warmup_of(data, c)]
         cpur = [(c, med("haproxy", c, "proxy_cpu_us_per_req") / med("lb-1", c, "proxy_cpu_us_per_req"))
                 for c in conns if med("lb-1", c, "proxy_cpu_us_per_req") and med("haproxy", c, "proxy_cpu_us_per_req")]
         notes.append("- Against HAProxy (1 thread, pinned the same way), lb --cores 1's req/s ratio per connection count: "
                      + ", ".join(f"{c:,}: {v:.2f}x" for c, v in rat) + "; p99 ratio (lb / HAProxy, lower is better): "
-                     + ", ".join(f"{c:,}: {v:.2f}" for c, v in p99r) + "; HAProxy's CPU per request over lb's: "
-                     + ", ".join(f"{c:,}: {v:.2f}x" for c, v in cpur) + ".")
+                     + ", ".join(f"{c:,}: {v:.2f}{'*' if c in starved_at else ''}" for c, v in p99r)
+                     + "; HAProxy's CPU per request over lb's: "
+                     + ", ".join(f"{c:,}: {v:.2f}x" for c, v in cpur) + "."
+                     + (" (* HAProxy had not accepted all of loadgen's connections by the start of the measured "
+                        "window in at least one run: see the accept bullet below.)" if starved_at else ""))
     if "lb-2" in s1 and "lb-1" in s1:
         a, b = e("lb-1", c1), e("lb-2", c1)
         txt = (f"- At {c1} connections lb --cores 2 (unpinned) serves {b['rps']['median']:,.0f} req/s against "
@@ -713,8 +744,8 @@ def render(d, data):
             who = data["series"][s]["label"]
             if x["accept_drained_s"] is None:
                 acc.append(f"{who} at {c:,}: never emptied it (up to {x['accept_max_queue']['max']:,} waiting, "
-                           f"{mm(x['accept_last_queue'])} still waiting at the end; {mm(x['inflight_at_end'])} of "
-                           f"{c:,} connections busy at the end)")
+                           f"{mm(x['accept_last_queue'])} still waiting {warmup_of(data, c) + data['duration_s']:g} s "
+                           f"after loadgen's start, at the end of the measured window)")
             else:
                 wu = warmup_of(data, c)
                 late = x["accept_drained_s"]["max"] > wu
@@ -727,13 +758,21 @@ def render(d, data):
                      "accept them while it is already busy relaying (timed from loadgen's start, `ss -ltn` every "
                      "0.2 s): " + "; ".join(acc) + f". The warmup ({data['warmup_s']:g} s + "
                      f"{data.get('warmup_per_1k_conns_s', 0):g} s per 1,024 connections) is meant to cover this, so "
-                     "that the measured window is steady; where a proxy never caught up, its figures describe only "
-                     "the connections it had accepted, and requests on the others time out after loadgen's 5 s "
-                     "(`timeout` errors, then a reconnect).")
+                     "that the measured window is steady. Where a proxy never caught up, the first request on each "
+                     "connection still in its queue waits until it is accepted: that wait is in its latency "
+                     "percentiles (it is what a client would see), and a wait over loadgen's 5 s timeout "
+                     "counts as a `timeout` error followed by a reconnect.")
     if data.get("failed_points"):
         notes.append("- Points that failed outright (loadgen error, not in the medians): " +
                      "; ".join(f"{f['series']} at {f['conns']:,}, round {f['round']}: {f['error'][-200:]}"
                                for f in data["failed_points"]) + ".")
+    rss = [(s, e(s, conns[-1])["proxy_rss_max"]) for s in s2 if e(s, conns[-1]) and e(s, conns[-1])["proxy_rss_max"]]
+    if rss:
+        notes.append(f"- Memory at {conns[-1]:,} connections ({2 * conns[-1]:,} sockets in the proxy), largest RSS "
+                     f"during the window: " + ", ".join(f"{data['series'][s]['label']} {v['median'] / 2**20:.1f} MiB"
+                                                        for s, v in rss) +
+                     ". (Each proxy runs for a whole round, so the smaller points of a round also show what a "
+                     "larger one left allocated; the per-run figures are in the JSON.)")
     errs = {k: v for k, v in S.items() if v["errors"]}
     exited = {k: v["proxy_exited"] for k, v in S.items() if v["proxy_exited"]}
     if errs:
@@ -748,7 +787,7 @@ def render(d, data):
     steal = [x["steal_cpus"]["max"] for x in S.values() if x["steal_cpus"]]
     lb_, la_ = env["load_before"]["loadavg_1_5_15"], env["load_after"]["loadavg_1_5_15"]
     load_line = (f"Load on the machine: load average {' / '.join(lb_)} (1/5/15 min) before the run, "
-                 f"{' / '.join(la_)} after (the run itself adds about 2). CPU used by anything other than this "
+                 f"{' / '.join(la_)} after (this run's own processes: lb, loadgen, 3 backends). CPU used by anything other than this "
                  f"run's processes during the measured windows: median {statistics.median(other):.2f} CPUs, at most "
                  f"{max(other_max):.2f} (of {env['cpus']}); steal at most {max(steal):.2f} CPUs.") if other else ""
     quick = ("\n**This is a `--quick` development run (1 round, 2 s per point, 3 connection counts): "
@@ -782,8 +821,8 @@ is utime + stime from `/proc/PID/stat`, sampled every 100 ms and taken over the 
 ![latency vs connections, lb 1 and 2 cores](conns-latency-cores.svg)
 ![proxy CPU per request vs connections](conns-cpu.svg)
 
-| conns | proxy | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU us/req | proxy RSS MiB (max) | all accepted after (s) | connections busy at the end | errors |
-|---|---|---|---|---|---|---|---|---|---|---|
+| conns | proxy | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU us/req | burst of connections all accepted after (s) | errors |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(t2)}
 
 Where the CPU goes per request (lb --cores 1 and HAProxy, pinned; microseconds of CPU per request,
