@@ -43,10 +43,14 @@ def _svg_open(w, h, title):
             f'<text x="{w / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">{escape(title)}</text>']
 
 
-def _y_axis(parts, left, top, pw, ph, ticks, y_title):
+def _y_axis(parts, left, top, pw, ph, ticks, y_title, py=None):
+    """Grid lines, ticks and title of the y axis; `py` maps a value to its y (default: linear from 0)."""
     ymax = ticks[-1]
+    if py is None:
+        def py(t):
+            return top + ph - ph * t / ymax
     for t in ticks:
-        y = top + ph - ph * t / ymax
+        y = py(t)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e0e0e0"/>')
         parts.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
         parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t)}</text>')
@@ -253,16 +257,7 @@ def xy_chart(path, title, xs, series, x_title, y_title, spreads=None, styles=Non
         def py(y):
             y = max(y, ylo)
             return top + ph - ph * (math.log10(y) - math.log10(ylo)) / (math.log10(yhi) - math.log10(ylo))
-        for t in ticks:
-            y = py(t)
-            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e0e0e0"/>')
-            parts.append(f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#333"/>')
-            parts.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(t)}</text>')
-        cy = top + ph / 2
-        parts.append(f'<text x="18" y="{cy}" text-anchor="middle" transform="rotate(-90 18 {cy})" '
-                     f'font-size="13">{escape(y_title)}</text>')
-        parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
-        parts.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333" stroke-width="1.5"/>')
+        _y_axis(parts, left, top, pw, ph, ticks, y_title, py=py)
     else:
         ticks = nice_ticks(max(vals) * 1.05)
         ymax = ticks[-1]
