@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use support::{loadgen, start_bin, Behavior, Http, IdFrom, Proc, Server};
+use support::{loadgen, start_bin, Behavior, Http, IdFrom, Proc, Run, Server};
 
 /// `keys.per_key` as key -> server id -> responses.
 fn per_key(run: &support::Run) -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -231,63 +231,56 @@ fn assert_sticky(j: &Value) {
     assert!(per_server.values().all(|n| n.as_u64().unwrap() > 20));
 }
 
-#[test]
-fn through_lb_cookie_hashing_keeps_every_key_on_one_backend() {
-    let (lb, _backends, conf) = lb_with("[hash]\nkey = \"cookie:sid\"\n", "consistent_hash");
-    let run = loadgen(&[
-        &format!("http://{}/", lb.addr),
+/// lb with `algorithm` and `toml` in front of three backends, then `requests` new-connection
+/// requests from a population of `keys` keys plus `extra` loadgen flags; lb is stopped after.
+fn through_lb(toml: &str, algorithm: &str, requests: u32, keys: u32, extra: &[&str]) -> Run {
+    let (lb, _backends, conf) = lb_with(toml, algorithm);
+    let (url, requests, keys) = (
+        format!("http://{}/", lb.addr),
+        requests.to_string(),
+        keys.to_string(),
+    );
+    let mut args = vec![
+        url.as_str(),
         "-n",
-        "800",
+        &requests,
         "-c",
         "4",
         "--new-connection",
         "--keys",
-        "200",
-        "-H",
-        "Cookie: sid={key}",
-    ]);
+        &keys,
+    ];
+    args.extend_from_slice(extra);
+    let run = loadgen(&args);
     let _ = std::fs::remove_file(conf);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.u("/errors"), 0);
+    run
+}
+
+#[test]
+fn through_lb_cookie_hashing_keeps_every_key_on_one_backend() {
+    let toml = "[hash]\nkey = \"cookie:sid\"\n";
+    let run = through_lb(
+        toml,
+        "consistent_hash",
+        800,
+        200,
+        &["-H", "Cookie: sid={key}"],
+    );
     assert_sticky(run.json());
 }
 
 #[test]
 fn through_lb_client_ip_hashing_sees_one_client_per_key() {
-    let (lb, _backends, conf) = lb_with("[hash]\nkey = \"client_ip\"\n", "maglev");
-    let run = loadgen(&[
-        &format!("http://{}/", lb.addr),
-        "-n",
-        "800",
-        "-c",
-        "4",
-        "--new-connection",
-        "--keys",
-        "200",
-        "--source-ip-per-key",
-    ]);
-    let _ = std::fs::remove_file(conf);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.u("/errors"), 0);
+    let toml = "[hash]\nkey = \"client_ip\"\n";
+    let run = through_lb(toml, "maglev", 800, 200, &["--source-ip-per-key"]);
     assert_sticky(run.json());
 }
 
 #[test]
 fn through_lb_round_robin_scatters_the_keys() {
-    let (lb, _backends, conf) = lb_with("", "round_robin");
-    let run = loadgen(&[
-        &format!("http://{}/", lb.addr),
-        "-n",
-        "600",
-        "-c",
-        "4",
-        "--new-connection",
-        "--keys",
-        "50",
-        "--source-ip-per-key",
-    ]);
-    let _ = std::fs::remove_file(conf);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = through_lb("", "round_robin", 600, 50, &["--source-ip-per-key"]);
     // 12 requests per key dealt in turn over 3 backends: nearly every key sees several.
     assert!(
         run.u("/keys/keys_on_several_servers") > 40,
