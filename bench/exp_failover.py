@@ -30,7 +30,7 @@ from pathlib import Path
 import lbbench
 from expcommon import LB_CPU, LG_CPU, machine_line, out_dir, wait_quiet
 from lbbench import TARGET, free_port, log, pinned, wait_port
-from svgchart import bar_chart, timeline_chart
+from svgchart import bar_chart_err, timeline_chart
 
 HELP = "A-3: a backend killed mid-test (timeline), with and without retries, and self-healing replicas"
 DIR = "a3-failover"
@@ -358,11 +358,11 @@ def write(results, args, env):
     for v in results:
         chart_variant(d, v, args)
     names = [v["variant"] for v in results]
-    bar_chart(d / "a3-errors.svg", "A-3: failed requests after s2 is killed, per variant", names,
-              ["before lb: DOWN", "after lb: DOWN"],
+    bar_chart_err(d / "a3-errors.svg", "A-3: failed requests after s2 is killed, per variant", names,
+              ["before lb marked s2 DOWN", "after lb marked s2 DOWN"],
               [[v["errors_after_kill"] - (v["errors_after_detection"] or 0) for v in results],
                [v["errors_after_detection"] or 0 for v in results]],
-              "variant (lb 1 core, 3 backends, s2 killed with SIGKILL)", "failed requests (count)")
+              "variant (lb 1 core, 3 backends, s2 killed with SIGKILL)", "failed requests (count)", right=240)
 
     def ms(x):
         return "n/a" if x is None else f"{x:,} ms"
