@@ -113,6 +113,18 @@ def bar_chart(path, title, categories, series, values, x_title, y_title, ref_lin
     Path(path).write_text("\n".join(parts) + "\n")
 
 
+def _finish_line_chart(parts, path, left, top, pw, height, x_title, names, colors, note):
+    """x-axis title, line legend and note at the right, then the file."""
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 28}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
+    _legend(parts, left + pw + 16, top + 14, names, colors, marker="line")
+    if note:
+        for j, line in enumerate(note.split("\n")):
+            parts.append(f'<text x="{left + pw + 16}" y="{top + 14 + 20 * len(names) + 14 + 15 * j}" '
+                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
+    parts.append("</svg>")
+    Path(path).write_text("\n".join(parts) + "\n")
+
+
 def line_chart(path, title, xs, series, x_title, y_title, width=820, height=460, note=None):
     """One line per series: series = {name: [y per x]} (None = no point)."""
     left, right, top, bottom = 78, 190, 44, 70
@@ -149,14 +161,7 @@ def line_chart(path, title, xs, series, x_title, y_title, width=820, height=460,
                                   [y for y in series[name] if y is not None]):
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colors[i]}">'
                          f'<title>{escape(name)} N={xv}: {yv:.3g}</title></circle>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 28}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
-    _legend(parts, left + pw + 16, top + 14, names, colors, marker="line")
-    if note:
-        for j, line in enumerate(note.split("\n")):
-            parts.append(f'<text x="{left + pw + 16}" y="{top + 14 + 20 * len(names) + 14 + 15 * j}" '
-                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
-    parts.append("</svg>")
-    Path(path).write_text("\n".join(parts) + "\n")
+    _finish_line_chart(parts, path, left, top, pw, height, x_title, names, colors, note)
 
 
 def timeline_chart(path, title, xs, series, x_title, y_title, events=(), width=900, height=440, note=None):
@@ -201,14 +206,7 @@ def timeline_chart(path, title, xs, series, x_title, y_title, events=(), width=9
                      f'stroke-dasharray="5 4"><title>{escape(label)} at {x:.2f}</title></line>')
         ly = top + 14 + 14 * (j % 4)
         parts.append(f'<text x="{px(x) + 4:.1f}" y="{ly}" font-size="10.5" fill="#222">{escape(label)}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 28}" text-anchor="middle" font-size="13">{escape(x_title)}</text>')
-    _legend(parts, left + pw + 16, top + 14, names, colors, marker="line")
-    if note:
-        for j, line in enumerate(note.split("\n")):
-            parts.append(f'<text x="{left + pw + 16}" y="{top + 14 + 20 * len(names) + 14 + 15 * j}" '
-                         f'font-size="10.5" fill="#555">{escape(line)}</text>')
-    parts.append("</svg>")
-    Path(path).write_text("\n".join(parts) + "\n")
+    _finish_line_chart(parts, path, left, top, pw, height, x_title, names, colors, note)
 
 
 # ---------------------------------------------------------------------------------------------
