@@ -36,7 +36,7 @@ pub async fn relay(
     scratch: &Scratch,
     idle: &IdleGuard,
 ) -> Result<Relayed, RelayError> {
-    let (to_backend, to_client) = super::until_idle(
+    super::until_idle(
         copy_half(
             &client,
             &backend,
@@ -57,11 +57,7 @@ pub async fn relay(
         ),
         idle,
     )
-    .await?;
-    Ok(Relayed {
-        to_backend,
-        to_client,
-    })
+    .await
 }
 
 fn err(side: Side, source: io::Error) -> RelayError {
