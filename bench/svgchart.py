@@ -216,6 +216,17 @@ def timeline_chart(path, title, xs, series, x_title, y_title, events=(), width=9
 DASHES = ["", "6 3", "2 3", "8 3 2 3"]
 
 
+def _whisker(parts, at, lo, hi, cap, vertical, style='stroke="#222" stroke-width="1.2"'):
+    """A min-max whisker in pixels: the span lo..hi at `at` across the axis, capped at both ends
+    with ticks `cap` pixels to each side; vertical for column charts, horizontal for bar rows."""
+    def line(a1, b1, a2, b2):
+        x1, y1, x2, y2 = (a1, b1, a2, b2) if vertical else (b1, a1, b2, a2)
+        parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" {style}/>')
+    line(at, lo, at, hi)
+    for v in (lo, hi):
+        line(at - cap, v, at + cap, v)
+
+
 def log_ticks(vmin, vmax):
     """1-2-5 ticks per decade covering vmin..vmax (both > 0); returns (ticks, lo, hi) with lo/hi the
     axis limits (the nearest 1-2-5 values outside the data)."""
@@ -291,11 +302,7 @@ def xy_chart(path, title, xs, series, x_title, y_title, spreads=None, styles=Non
                 continue
             lo, hi = rng
             x0 = px(x) + off
-            parts.append(f'<line x1="{x0:.1f}" y1="{py(lo):.1f}" x2="{x0:.1f}" y2="{py(hi):.1f}" '
-                         f'stroke="{col}" stroke-width="1.2" opacity="0.7"/>')
-            for yy in (lo, hi):
-                parts.append(f'<line x1="{x0 - 3:.1f}" y1="{py(yy):.1f}" x2="{x0 + 3:.1f}" y2="{py(yy):.1f}" '
-                             f'stroke="{col}" stroke-width="1.2" opacity="0.7"/>')
+            _whisker(parts, x0, py(lo), py(hi), 3, True, f'stroke="{col}" stroke-width="1.2" opacity="0.7"')
         pts = [(x, y) for x, y in zip(xs, series[name]) if y is not None]
         d = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         da = f' stroke-dasharray="{dash}"' if dash else ""
@@ -359,11 +366,7 @@ def bar_chart_err(path, title, categories, series, values, x_title, y_title, spr
             cx = x + (bw - 2) / 2
             top_y = py(v)
             if rng:
-                parts.append(f'<line x1="{cx:.1f}" y1="{py(rng[0]):.1f}" x2="{cx:.1f}" y2="{py(rng[1]):.1f}" '
-                             f'stroke="#222" stroke-width="1.2"/>')
-                for yy in rng:
-                    parts.append(f'<line x1="{cx - 4:.1f}" y1="{py(yy):.1f}" x2="{cx + 4:.1f}" y2="{py(yy):.1f}" '
-                                 f'stroke="#222" stroke-width="1.2"/>')
+                _whisker(parts, cx, py(rng[0]), py(rng[1]), 4, True)
                 top_y = min(top_y, py(rng[1]))
             if labels:
                 parts.append(f'<text x="{cx:.1f}" y="{top_y - 4:.1f}" text-anchor="middle" font-size="10.5">'
@@ -437,11 +440,7 @@ def hbar_chart(path, title, rows, series, values, x_title, spreads=None, colors=
             end = px(v)
             my = y + (bh - 3) / 2
             if rng:
-                parts.append(f'<line x1="{px(rng[0]):.1f}" y1="{my:.1f}" x2="{px(rng[1]):.1f}" y2="{my:.1f}" '
-                             f'stroke="#222" stroke-width="1.2"/>')
-                for xx in rng:
-                    parts.append(f'<line x1="{px(xx):.1f}" y1="{my - 4:.1f}" x2="{px(xx):.1f}" y2="{my + 4:.1f}" '
-                                 f'stroke="#222" stroke-width="1.2"/>')
+                _whisker(parts, my, px(rng[0]), px(rng[1]), 4, False)
                 end = max(end, px(rng[1]))
             parts.append(f'<text x="{end + 5:.1f}" y="{my + 4:.1f}" font-size="11">{escape(fmt(v))}</text>')
     for x, label in refs:
