@@ -29,7 +29,7 @@ from pathlib import Path
 
 import lbbench
 from expcommon import LB_CPU, LG_CPU, machine_line, out_dir, wait_quiet
-from lbbench import TARGET, free_port, log, pinned, wait_port
+from lbbench import TARGET, Server, free_port, log, pinned, wait_port
 from svgchart import bar_chart_err, timeline_chart
 
 HELP = "A-3: a backend killed mid-test (timeline), with and without retries, and self-healing replicas"
@@ -168,26 +168,18 @@ def lb_events(log_path, sid):
 def run_variant(name, tries, eject_ms, replicas, args, tmp):
     wait_quiet()
     port, admin = free_port(), free_port()
-    started = []
-    backend_ports = None
-    replica_base = None
-    if replicas:
-        replica_base = consecutive_free_ports(3)
-    else:
-        backend_ports = [free_port() for _ in range(3)]
-        for i, p in enumerate(backend_ports):
-            started.append(lbbench.backend_proc(p, None, f"s{i + 1}"))
+    backend_ports = [free_port() for _ in range(3)] if not replicas else None
+    replica_base = consecutive_free_ports(3) if replicas else None
     conf = tmp / f"{name}.toml"
     conf.write_text(lb_config(port, admin, tries, eject_ms, backend_ports, replica_base))
     log_path = tmp / f"{name}.log"
-    argv = [str(TARGET / "lb"), "--config", str(conf)]
-    lb = subprocess.Popen(pinned(LB_CPU, argv) if LB_CPU is not None else argv,
-                          stdout=subprocess.DEVNULL, stderr=open(log_path, "w"),
-                          env=dict(os.environ, RUST_LOG="info"), start_new_session=True)
+    backends, lb, lg = [], None, None
     poller = AdminPoller(admin)
-    lg = None
     try:
-        wait_port(port)
+        for i, p in enumerate(backend_ports or []):
+            backends.append(lbbench.backend_proc(p, None, f"s{i + 1}"))
+        lb = Server("lb", [str(TARGET / "lb"), "--config", str(conf)], port, cpu=LB_CPU,
+                    env={"RUST_LOG": "info"}, log=log_path)
         wait_port(admin)
         if replicas:
             for i in range(3):
@@ -205,14 +197,14 @@ def run_variant(name, tries, eject_ms, replicas, args, tmp):
         t_load = first_accept(admin, time.time() + 10)
         time.sleep(max(0.0, t_load + args.kill_at - time.time()))
         if replicas:
-            victim = replica_pid(lb.pid, "s2")
+            victim = replica_pid(lb.proc.pid, "s2")
             if victim is None:
                 raise RuntimeError("cannot find replica s2 among lb's children")
             t_kill = time.time()
             os.kill(victim, signal.SIGKILL)
         else:
             t_kill = time.time()
-            started[1].proc.kill()
+            backends[1].proc.kill()
         _, err = lg.communicate(timeout=args.duration + 60)
         if lg.returncode != 0:
             raise RuntimeError(f"loadgen failed ({lg.returncode}): {err[-2000:]}")
@@ -221,15 +213,9 @@ def run_variant(name, tries, eject_ms, replicas, args, tmp):
         poller.stop_flag.set()
         if lg is not None and lg.poll() is None:
             lg.kill()
-        if lb.poll() is None:
-            lb.send_signal(signal.SIGTERM)
-            try:
-                lb.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                lb.kill()
-                lb.wait()
-        for s in started:
-            s.stop()
+        for proc in [lb] + backends:
+            if proc is not None:
+                proc.stop()
     r = json.load(open(json_path))
     # loadgen's own record of t = 0 lines its timeline up with lb's log to the millisecond.
     t_load = r["started_unix_ms"] / 1000.0

@@ -78,10 +78,12 @@ def pinned(cpu, argv):
 class Server:
     """A long-running process (server or proxy), stopped by PID when done."""
 
-    def __init__(self, name, argv, port, cpu=None, env=None, cwd=None, measure_pid=None):
+    def __init__(self, name, argv, port, cpu=None, env=None, cwd=None, measure_pid=None, log=None):
+        """`log`: a file for the process's stderr (discarded by default)."""
         self.name = name
         full = pinned(cpu, argv) if cpu is not None else argv
-        self.proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stderr = open(log, "w") if log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=stderr,
                                      env=dict(os.environ, **(env or {})), cwd=cwd,
                                      start_new_session=True)
         self.port = port
