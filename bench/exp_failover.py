@@ -111,12 +111,18 @@ def replica_pid(lb_pid, sid):
     return None
 
 
+def lb_stats(admin_port):
+    """lb's GET /lb/stats, parsed."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/lb/stats", timeout=1) as r:
+        return json.load(r)
+
+
 class AdminPoller(threading.Thread):
     """Polls GET /lb/stats every POLL_S; keeps (wall time, {backend: (state, connections_total)})."""
 
     def __init__(self, admin_port):
         super().__init__(daemon=True)
-        self.url = f"http://127.0.0.1:{admin_port}/lb/stats"
+        self.admin_port = admin_port
         self.samples = []
         self.stop_flag = threading.Event()
 
@@ -124,8 +130,7 @@ class AdminPoller(threading.Thread):
         while not self.stop_flag.is_set():
             t = time.time()
             try:
-                with urllib.request.urlopen(self.url, timeout=1) as r:
-                    st = json.load(r)
+                st = lb_stats(self.admin_port)
                 self.samples.append((t, {b["name"]: (b["state"], b["connections_total"]) for b in st["backends"]}))
             except OSError:
                 pass
@@ -134,11 +139,8 @@ class AdminPoller(threading.Thread):
 
 def first_accept(admin_port, deadline):
     """Wall time at which lb has accepted its first connection (polled every 2 ms)."""
-    url = f"http://127.0.0.1:{admin_port}/lb/stats"
     while time.time() < deadline:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            st = json.load(r)
-        if sum(c["accepted"] for c in st["cores"]):
+        if sum(c["accepted"] for c in lb_stats(admin_port)["cores"]):
             return time.time()
         time.sleep(0.002)
     raise RuntimeError("loadgen's first connection never reached lb")
