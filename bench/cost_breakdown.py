@@ -47,6 +47,11 @@ def bucket(stack):
 def stacks(perf_data):
     out = subprocess.run(["perf", "script", "-i", perf_data, "-F", "ip,sym,dso"], capture_output=True,
                          text=True, check=True).stdout
+    return parse_stacks(out)
+
+
+def parse_stacks(out):
+    """`perf script -F ip,sym,dso` text: one frame per line, a blank line after each sample."""
     cur = []
     for line in out.splitlines():
         parts = line.split()
