@@ -23,6 +23,7 @@ Usage: bench/cost_breakdown.py [--rounds 5] [--duration 8] [--conns 64,512] [--b
 """
 
 import argparse
+import shutil
 import subprocess
 
 from lbbench import *  # noqa: F401,F403
@@ -106,6 +107,7 @@ def run(rounds, duration, conns_list):
     finally:
         for s in servers:
             s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     return res
 
 
@@ -130,16 +132,16 @@ def markdown(data):
         lines.append(f"## {conns} connections\n")
         lines.append("| proxy | req/s | CPU us/req | " + " | ".join(BUCKETS) + " | tcp send + recv |")
         lines.append("|---|---|---|" + "---|" * (len(BUCKETS) + 1))
-        tcp = {}
+        tcp, cost = {}, {}
         for p, rows in per.items():
             total = med(rows, lambda r: r["cpu_us_per_req"])
+            cost[p] = total["median"]
             cells = [f"{med(rows, lambda r, b=b: r['us_per_req'][b])['median']:.2f}" for b in BUCKETS]
             tcp[p] = med(rows, lambda r: r["us_per_req"]["tcp send"] + r["us_per_req"]["tcp recv"])["median"]
             lines.append(f"| {p} | {med(rows, lambda r: r['rps'])['median']:.0f} | "
                          f"{total['median']:.2f} ({total['min']:.2f}-{total['max']:.2f}) | " + " | ".join(cells) +
                          f" | {tcp[p]:.2f} |")
-        lb = med(per["lb"], lambda r: r["cpu_us_per_req"])["median"]
-        ha = med(per["haproxy"], lambda r: r["cpu_us_per_req"])["median"]
+        lb, ha = cost["lb"], cost["haproxy"]
         line = ha / 1.4
         own = lb - tcp["lb"]
         lines.append("")
