@@ -1,9 +1,10 @@
-//! `lb` binary: command line -> config -> logging -> per-core runtime.
+//! `lb` binary: command line -> config -> logging -> [`lb::serve::serve`].
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use lb::config::{Config, FileConfig, Overrides};
+use lb::serve::ServeOpts;
 
 /// Thread-per-core L4 TCP load balancer on io_uring.
 ///
@@ -79,184 +80,16 @@ fn main() {
         );
         return;
     }
-    // Before any thread starts: signals go to one thread that turns them into actions.
-    let overrides = overrides(&args);
-    let started =
-        std::sync::Arc::new(std::sync::OnceLock::<std::sync::Arc<lb::runtime::Shared>>::new());
-    let on_signal = started.clone();
-    let signals = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
-    if let Err(e) = lb_common::signals::spawn_signal_thread("lb-signals", &signals, move |sig| {
-        let Some(shared) = on_signal.get() else {
-            // Not serving yet: nothing to drain, stop at once.
-            if sig != libc::SIGHUP {
-                std::process::exit(0);
-            }
-            return;
-        };
-        match sig {
-            libc::SIGHUP => match lb::control::reload::reload(shared, &overrides) {
-                Ok(generation) => tracing::info!(generation, "configuration reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "reload rejected; the running configuration stays")
-                }
-            },
-            libc::SIGTERM => {
-                tracing::info!(
-                    grace_ms = shared.config.shutdown_grace.as_millis() as u64,
-                    "SIGTERM: stopping, open connections may finish"
-                );
-                shared.lifecycle.stop(shared.config.shutdown_grace);
-            }
-            _ => {
-                tracing::info!(
-                    grace_ms = shared.config.interrupt_grace.as_millis() as u64,
-                    "SIGINT: stopping soon"
-                );
-                shared.lifecycle.stop(shared.config.interrupt_grace);
-            }
-        }
-    }) {
-        eprintln!("lb: cannot set up signal handling: {e}");
-        std::process::exit(1);
-    }
-    if !config.replicas.is_empty() {
-        if let Err(e) = start_replicas(&config, started.clone()) {
-            eprintln!("lb: {e}");
-            std::process::exit(1);
-        }
-    }
-    if let Err(e) = serve(config, &started, &args) {
+    let opts = ServeOpts {
+        takeover: args.takeover,
+        upgrade_socket: args.upgrade_socket.clone(),
+        overrides: overrides(&args),
+    };
+    if let Err(e) = lb::serve::serve(config, opts) {
         eprintln!("lb: {e:#}");
         std::process::exit(1);
     }
     tracing::info!("lb stopped");
-}
-
-fn serve(
-    config: Config,
-    started: &std::sync::OnceLock<std::sync::Arc<lb::runtime::Shared>>,
-    args: &Args,
-) -> anyhow::Result<()> {
-    use lb::control::upgrade;
-    use std::os::fd::AsRawFd;
-    let (listeners, admin, takeover) = if args.takeover {
-        if !config.replicas.is_empty() {
-            anyhow::bail!("--takeover needs configured backends: the built-in local replicas belong to the old process");
-        }
-        let path = args
-            .upgrade_socket
-            .clone()
-            .unwrap_or_else(|| upgrade::default_path(config.listen.port()));
-        let mut t = upgrade::take_over(&path)?;
-        tracing::info!(listeners = t.listeners.len(), path = %path.display(), "took the listening sockets over");
-        let (listeners, admin) = (std::mem::take(&mut t.listeners), t.admin.take());
-        (listeners, admin, Some((t, path)))
-    } else {
-        let listeners = lb::runtime::bind(&config)?;
-        let admin = match config.admin {
-            // A plain bind (no SO_REUSEPORT): a second lb on the same admin port must fail
-            // loudly rather than share it.
-            Some(addr) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
-                anyhow::anyhow!("admin API cannot listen on {addr}: {e} (set admin.listen, --admin ADDR or --admin off)")
-            })?),
-            None => None,
-        };
-        (listeners, admin, None)
-    };
-    let admin_fd = admin.as_ref().map(|l| l.as_raw_fd());
-    let shared = lb::runtime::shared(config, &listeners)?;
-    lb::runtime::announce("lb", shared.listen);
-    if let Some(l) = &admin {
-        lb::runtime::announce("lb admin", l.local_addr()?);
-    }
-    lb::control::start(shared.clone(), admin)?;
-    let _ = started.set(shared.clone());
-    match takeover {
-        Some((t, path)) => {
-            let s = shared.clone();
-            std::thread::spawn(move || {
-                // Confirm only once every accept loop runs, so that the old process keeps
-                // accepting until this one does.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                while s.ready.load(std::sync::atomic::Ordering::SeqCst) < s.listener_fds.len()
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                match t.confirm() {
-                    Ok(()) => tracing::info!("old process told to drain"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not tell the old process to drain")
-                    }
-                }
-                upgrade::serve_after_takeover(path, s, admin_fd);
-            });
-        }
-        None => {
-            let path = args
-                .upgrade_socket
-                .clone()
-                .unwrap_or_else(|| upgrade::default_path(shared.listen.port()));
-            if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
-                tracing::warn!(error = %e, "binary upgrade unavailable");
-            }
-        }
-    }
-    lb::runtime::run(shared, listeners)
-}
-
-/// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
-fn start_replicas(
-    config: &Config,
-    started: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<lb::runtime::Shared>>>,
-) -> Result<(), String> {
-    use lb::control::replicas;
-    let program = match &config.replica_command {
-        Some(argv) => replicas::Program::Command(argv.clone()),
-        None => replicas::Program::Backend(replicas::backend_binary()?),
-    };
-    let serving = started.clone();
-    let stopping: replicas::StopProbe =
-        std::sync::Arc::new(move || serving.get().is_some_and(|s| s.lifecycle.stopping()));
-    // The supervisor restarts a replica its health checks hold down, once lb is serving.
-    let checked = started.clone();
-    let down: replicas::DownProbe = std::sync::Arc::new(move |id: &str| {
-        checked.get().is_some_and(|s| {
-            s.set
-                .load()
-                .backends
-                .iter()
-                .any(|b| b.name == id && b.health == lb::upstream::set::Health::Down)
-        })
-    });
-    tracing::info!(
-        count = config.replicas.len(),
-        "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
-    );
-    // A restarted replica that listens again is fresh: every core stops skipping it at once.
-    let serving = started.clone();
-    let back: replicas::BackHook = std::sync::Arc::new(move |id: &str| {
-        if let Some(s) = serving.get() {
-            if let Err(e) = s.set.mark_restarted(id) {
-                tracing::warn!(id, error = %e, "cannot mark the restarted replica as back");
-            }
-        }
-    });
-    replicas::start(program, config.replicas.clone(), down, stopping, back)
-        .map_err(|e| format!("cannot start local replicas: {e}"))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    for r in &config.replicas {
-        while std::net::TcpStream::connect_timeout(&r.addr, std::time::Duration::from_millis(200))
-            .is_err()
-        {
-            if std::time::Instant::now() > deadline {
-                tracing::warn!(id = %r.id, addr = %r.addr, "replica not listening yet; lb skips it until it is");
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-    Ok(())
 }
 
 /// Environment then command line: what overrides the file, now and on every reload.

@@ -17,9 +17,9 @@ use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
 use crate::config::{BackendConfig, DEFAULT_WEIGHT, MAX_WEIGHT};
-use crate::runtime::Shared;
-use crate::upstream::counters::{CounterTotals, CONNECT_BUCKETS};
-use crate::upstream::set::{AdminState, SetError};
+use crate::shared::counters::{CounterTotals, CONNECT_BUCKETS};
+use crate::shared::set::{AdminState, SetError};
+use crate::shared::Shared;
 
 const MAX_REQUEST: usize = 64 * 1024;
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{BackendConfig, DiscoverSpec};
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     if shared.config.discover.is_empty() {
@@ -20,7 +20,7 @@ pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         let mut failing: BTreeSet<String> = BTreeSet::new();
         loop {
             for spec in &cfg.discover {
-                match resolve(&spec.host, spec.port, cfg.discovery_hosts_file.as_deref()) {
+                match resolve(&spec.host, spec.port, cfg.discovery.hosts_file.as_deref()) {
                     Ok(addrs) => {
                         failing.remove(&spec.name);
                         apply(&shared, spec, &addrs);
@@ -33,7 +33,7 @@ pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
                     }
                 }
             }
-            std::thread::sleep(cfg.discovery_interval);
+            std::thread::sleep(cfg.discovery.interval);
         }
     })?;
     Ok(())

@@ -13,8 +13,8 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::config::{HealthCheck, HealthConfig};
-use crate::runtime::Shared;
-use crate::upstream::set::Health;
+use crate::shared::set::Health;
+use crate::shared::Shared;
 
 /// Runs until the process ends; returns at once when checks are off.
 pub async fn run(shared: Arc<Shared>) {

@@ -12,7 +12,7 @@ pub mod upgrade;
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 /// Starts the control thread: the admin API (if `admin` is given) and the active health checks.
 pub fn start(shared: Arc<Shared>, admin: Option<StdListener>) -> std::io::Result<()> {

@@ -1,7 +1,7 @@
 //! Reload on SIGHUP: re-read the config file and apply what can change without a restart.
 
 use crate::config::{Config, FileConfig, Overrides};
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 /// Re-reads `shared.config.source` with the same environment and command-line overrides and
 /// applies the new backend list. Returns the generation in force, or why nothing changed.

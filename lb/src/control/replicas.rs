@@ -1,36 +1,18 @@
 //! Local backend replicas that `lb` starts and supervises: the built-in default when no backend
 //! is configured, so that one command gives a working balancer on a fresh machine.
 
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Replicas started when no backend is configured.
-pub const DEFAULT_REPLICAS: usize = 3;
-pub const DEFAULT_REPLICA_BASE_PORT: u16 = 9001;
+use crate::config::ReplicaSpec;
+
 const POLL: Duration = Duration::from_millis(200);
 /// A replica that exits sooner than this after starting is restarted with a growing delay.
 const QUICK_EXIT: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone)]
-pub struct ReplicaSpec {
-    pub id: String,
-    pub addr: SocketAddr,
-}
-
-/// The default set: `s1..sN` on consecutive loopback ports.
-pub fn default_specs(count: usize, base_port: u16) -> Vec<ReplicaSpec> {
-    (0..count)
-        .map(|i| ReplicaSpec {
-            id: format!("s{}", i + 1),
-            addr: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)),
-        })
-        .collect()
-}
 
 /// The `backend` binary: `LB_BACKEND_BIN`, else next to the running `lb`.
 pub fn backend_binary() -> Result<PathBuf, String> {
@@ -220,18 +202,5 @@ fn supervise(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_replicas_are_on_consecutive_loopback_ports() {
-        let s = default_specs(3, 9001);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[2].id, "s3");
-        assert_eq!(s[2].addr.to_string(), "127.0.0.1:9003");
     }
 }

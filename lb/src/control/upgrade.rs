@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 /// Default path for the listen port: one upgrade socket per lb instance on a machine.
 pub fn default_path(port: u16) -> PathBuf {
@@ -43,10 +43,10 @@ pub fn serve(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) -> io:
                         // The new process owns the path now (it binds it after DRAIN); do not
                         // unlink it from under it.
                         tracing::info!(
-                            grace_ms = shared.config.shutdown_grace.as_millis() as u64,
+                            grace_ms = shared.config.shutdown.grace.as_millis() as u64,
                             "listeners handed to the new process: draining"
                         );
-                        shared.lifecycle.stop(shared.config.shutdown_grace);
+                        shared.lifecycle.stop(shared.config.shutdown.grace);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "takeover attempt failed; still serving"),

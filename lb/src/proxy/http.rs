@@ -7,7 +7,14 @@ use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
-use crate::config::KeySource;
+/// Which part of the request head keys the hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadKey {
+    /// The value of one cookie of any `Cookie` header.
+    Cookie(String),
+    /// The value of a header (case-insensitive name).
+    Header(String),
+}
 
 /// What the peek produced: the bytes read so far (to replay) and the key value, if found.
 pub struct Peeked {
@@ -26,7 +33,7 @@ impl Peeked {
 /// falls back to a keyless choice.
 pub async fn peek_key(
     client: &mut TcpStream,
-    source: &KeySource,
+    source: &HeadKey,
     max_head: usize,
     timeout: Duration,
 ) -> std::io::Result<Peeked> {
@@ -72,7 +79,7 @@ enum HeadState {
     NotHttp,
 }
 
-fn head_state(buf: &[u8], source: &KeySource) -> HeadState {
+fn head_state(buf: &[u8], source: &HeadKey) -> HeadState {
     let mut headers = [httparse::EMPTY_HEADER; lb_common::http::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
@@ -90,11 +97,10 @@ fn range_in(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
 }
 
 /// The key's value among the headers: a named header, or one cookie of any `Cookie` header.
-pub fn find_key<'h>(headers: &[httparse::Header<'h>], source: &KeySource) -> Option<&'h [u8]> {
+pub fn find_key<'h>(headers: &[httparse::Header<'h>], source: &HeadKey) -> Option<&'h [u8]> {
     match source {
-        KeySource::ClientIp => None,
-        KeySource::Header(name) => lb_common::http::header(headers, name).filter(|v| !v.is_empty()),
-        KeySource::Cookie(name) => headers
+        HeadKey::Header(name) => lb_common::http::header(headers, name).filter(|v| !v.is_empty()),
+        HeadKey::Cookie(name) => headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
             .flat_map(|h| h.value.split(|&b| b == b';'))
@@ -123,7 +129,7 @@ fn trim(s: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn key(raw: &[u8], source: &KeySource) -> Option<Vec<u8>> {
+    fn key(raw: &[u8], source: &HeadKey) -> Option<Vec<u8>> {
         match head_state(raw, source) {
             HeadState::Complete(r) => r.map(|r| raw[r].to_vec()),
             _ => panic!("head not complete"),
@@ -134,17 +140,17 @@ mod tests {
     fn cookie_key_is_found_among_several_cookies() {
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; session=abc123 ; b=2\r\n\r\n";
         assert_eq!(
-            key(raw, &KeySource::Cookie("session".into())),
+            key(raw, &HeadKey::Cookie("session".into())),
             Some(b"abc123".to_vec())
         );
-        assert_eq!(key(raw, &KeySource::Cookie("sess".into())), None);
+        assert_eq!(key(raw, &HeadKey::Cookie("sess".into())), None);
     }
 
     #[test]
     fn cookie_key_is_found_in_a_second_cookie_header() {
         let raw = b"GET / HTTP/1.1\r\nCookie: a=1\r\ncookie: user=u7\r\n\r\n";
         assert_eq!(
-            key(raw, &KeySource::Cookie("user".into())),
+            key(raw, &HeadKey::Cookie("user".into())),
             Some(b"u7".to_vec())
         );
     }
@@ -153,15 +159,15 @@ mod tests {
     fn header_key_is_case_insensitive_and_empty_means_none() {
         let raw = b"GET / HTTP/1.1\r\nx-user: bob\r\nX-Empty:\r\n\r\n";
         assert_eq!(
-            key(raw, &KeySource::Header("X-User".into())),
+            key(raw, &HeadKey::Header("X-User".into())),
             Some(b"bob".to_vec())
         );
-        assert_eq!(key(raw, &KeySource::Header("X-Empty".into())), None);
+        assert_eq!(key(raw, &HeadKey::Header("X-Empty".into())), None);
     }
 
     #[test]
     fn partial_and_non_http_heads_are_told_apart() {
-        let src = KeySource::Cookie("s".into());
+        let src = HeadKey::Cookie("s".into());
         assert!(matches!(
             head_state(b"GET / HTTP/1.1\r\nHost:", &src),
             HeadState::Partial

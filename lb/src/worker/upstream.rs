@@ -6,10 +6,6 @@
 //! traffic); eligibility combines the published snapshot (health, drain) with this core's own
 //! passive ejection; `weight` is the configured weight ramped up during slow start.
 
-pub mod counters;
-pub mod pool;
-pub mod set;
-
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
@@ -21,9 +17,10 @@ use monoio::net::TcpStream;
 
 use crate::balance::{Algorithm, BackendSpec, Balancer, Candidate, HashConfig};
 use crate::config::Config;
-use counters::BackendCounters;
-use pool::BackendPool;
-use set::{BackendSet, Snapshot};
+use crate::shared::counters::BackendCounters;
+use crate::shared::set::{self, BackendSet, Snapshot};
+
+use super::pool::BackendPool;
 
 /// Why no backend connection could be made; the client side is not at fault.
 #[derive(Debug, thiserror::Error)]
@@ -147,14 +144,14 @@ impl CoreUpstream {
             algorithm: config.algorithm,
             hash: config.hash,
             seed,
-            connect_timeout: config.connect_timeout,
-            tries: config.retry_tries,
-            budget: config.retry_budget,
-            eject: config.eject,
-            eject_max: config.eject_max,
-            slow_start: config.slow_start,
-            pool_idle: config.pool_idle_per_backend,
-            pool_max_age: config.pool_max_age,
+            connect_timeout: config.timeouts.connect,
+            tries: config.retry.tries,
+            budget: config.retry.budget,
+            eject: config.retry.eject,
+            eject_max: config.retry.eject_max,
+            slow_start: config.health.slow_start,
+            pool_idle: config.pool.idle_per_backend,
+            pool_max_age: config.pool.max_age,
         };
         up.rebuild(snap);
         up

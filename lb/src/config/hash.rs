@@ -1,0 +1,95 @@
+//! `[hash]`: where the hash algorithms take their key from, and how they hash.
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError};
+use crate::balance::{HashConfig, HashFn};
+use crate::proxy::http::HeadKey;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHash {
+    pub key: Option<String>,
+    pub key_hash: Option<String>,
+    pub node_hash: Option<String>,
+    pub virtual_nodes: Option<u32>,
+    pub maglev_table_size: Option<u64>,
+}
+
+/// Where an algorithm that hashes takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    ClientIp,
+    /// A cookie or header of the first request head, which is peeked and replayed.
+    Head(HeadKey),
+}
+
+impl KeySource {
+    /// Cookie and header keys need the first request head to be peeked.
+    pub fn needs_http(&self) -> bool {
+        matches!(self, KeySource::Head(_))
+    }
+}
+
+/// `backends` is how many backends the table must hold (the Maglev size is checked against it).
+pub fn build(f: &FileHash, backends: usize) -> Result<(KeySource, HashConfig), ConfigError> {
+    let key = match f.key.as_deref() {
+        None | Some("client_ip") => KeySource::ClientIp,
+        Some(k) => KeySource::Head(parse_key(k)?),
+    };
+    let mut hash = HashConfig::default();
+    if let Some(h) = &f.key_hash {
+        hash.key_hash = h
+            .parse::<HashFn>()
+            .map_err(|e| invalid("hash.key_hash", e.to_string()))?;
+    }
+    if let Some(h) = &f.node_hash {
+        hash.node_hash = h
+            .parse::<HashFn>()
+            .map_err(|e| invalid("hash.node_hash", e.to_string()))?;
+    }
+    if let Some(v) = f.virtual_nodes {
+        if !(1..=10_000).contains(&v) {
+            return Err(invalid(
+                "hash.virtual_nodes",
+                format!("must be between 1 and 10000 (got {v}); 160 is a good default"),
+            ));
+        }
+        hash.virtual_nodes = v;
+    }
+    if let Some(m) = f.maglev_table_size {
+        if m < backends as u64 * 10 || !crate::balance::maglev::is_prime(m) {
+            return Err(invalid(
+                "hash.maglev_table_size",
+                format!("must be a prime at least 10x the number of backends (got {m}); 65537 is a good default"),
+            ));
+        }
+        hash.maglev_table_size = m;
+    }
+    Ok((key, hash))
+}
+
+fn parse_key(k: &str) -> Result<HeadKey, ConfigError> {
+    let bad = || {
+        invalid(
+            "hash.key",
+            format!(
+                "'{k}' is not a key source: use \"client_ip\", \"cookie:NAME\" or \"header:NAME\""
+            ),
+        )
+    };
+    let (kind, name) = k.split_once(':').ok_or_else(bad)?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b'=')
+    {
+        return Err(bad());
+    }
+    match kind.trim() {
+        "cookie" => Ok(HeadKey::Cookie(name.to_string())),
+        "header" => Ok(HeadKey::Header(name.to_string())),
+        _ => Err(bad()),
+    }
+}

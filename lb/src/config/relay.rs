@@ -1,0 +1,96 @@
+//! `[relay]`: how bytes are moved, buffer and head sizes, the accept backlog.
+
+use serde::Deserialize;
+
+use super::{invalid, ConfigError};
+
+/// Largest per-direction relay buffer; buffers start small and grow to this on full reads.
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+pub const MIN_BUFFER_SIZE: usize = 1024;
+pub const MAX_BUFFER_SIZE: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_HEAD: usize = lb_common::http::DEFAULT_MAX_HEAD;
+pub const DEFAULT_BACKLOG: i32 = lb_common::net::DEFAULT_BACKLOG;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRelay {
+    pub mode: Option<String>,
+    pub buffer_size: Option<usize>,
+    pub max_head: Option<usize>,
+    pub backlog: Option<i32>,
+}
+
+/// How bytes are moved; see `proxy::readiness` and `proxy::tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayMode {
+    /// io_uring poll for readiness, then non-blocking recv/send through a per-core buffer:
+    /// idle connections hold no buffer.
+    Readiness,
+    /// io_uring recv/send with a buffer committed to every pending read.
+    Completion,
+}
+
+pub const DEFAULT_RELAY_MODE: RelayMode = RelayMode::Completion;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub mode: RelayMode,
+    pub buffer_size: usize,
+    /// Largest request head peeked for a cookie or header key.
+    pub max_head: usize,
+    pub backlog: i32,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            mode: DEFAULT_RELAY_MODE,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_head: DEFAULT_MAX_HEAD,
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+}
+
+pub fn build(f: &FileRelay) -> Result<RelayConfig, ConfigError> {
+    let buffer_size = f.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
+    if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&buffer_size) {
+        return Err(invalid(
+            "relay.buffer_size",
+            format!(
+                "must be between {MIN_BUFFER_SIZE} and {MAX_BUFFER_SIZE} bytes (got {buffer_size})"
+            ),
+        ));
+    }
+    let mode = match f.mode.as_deref() {
+        None => DEFAULT_RELAY_MODE,
+        Some("readiness") => RelayMode::Readiness,
+        Some("completion") => RelayMode::Completion,
+        Some(other) => {
+            return Err(invalid(
+                "relay.mode",
+                format!("'{other}' is not a relay mode: use \"readiness\" or \"completion\""),
+            ))
+        }
+    };
+    let max_head = f.max_head.unwrap_or(DEFAULT_MAX_HEAD);
+    if !(256..=1024 * 1024).contains(&max_head) {
+        return Err(invalid(
+            "relay.max_head",
+            format!("must be between 256 and 1048576 bytes (got {max_head})"),
+        ));
+    }
+    let backlog = f.backlog.unwrap_or(DEFAULT_BACKLOG);
+    if backlog < 1 {
+        return Err(invalid(
+            "relay.backlog",
+            format!("must be at least 1 (got {backlog})"),
+        ));
+    }
+    Ok(RelayConfig {
+        mode,
+        buffer_size,
+        max_head,
+        backlog,
+    })
+}

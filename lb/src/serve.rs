@@ -1,0 +1,210 @@
+//! The composition root: binds (or takes over) the listeners, starts the control plane, the local
+//! replicas and the signal thread, then runs the workers until a graceful stop has finished. The
+//! only module that knows both planes.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lb_common::net::ListenerGroup;
+
+use crate::config::{Config, Overrides};
+use crate::control::{self, replicas, upgrade};
+use crate::shared::set::Health;
+use crate::shared::Shared;
+
+/// What the command line says about how to start, beyond the configuration itself.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOpts {
+    /// Take the listening sockets over from the lb on the upgrade socket.
+    pub takeover: bool,
+    /// The upgrade socket; None: the default for the listen port.
+    pub upgrade_socket: Option<PathBuf>,
+    /// Environment and command line, re-applied over the file on every reload.
+    pub overrides: Overrides,
+}
+
+/// Serves `config` until a graceful stop has finished.
+pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
+    // Before any thread starts: signals go to one thread that turns them into actions.
+    let started = Arc::new(OnceLock::<Arc<Shared>>::new());
+    spawn_signal_thread(started.clone(), opts.overrides.clone())?;
+    if !config.replicas.is_empty() {
+        start_replicas(&config, started.clone()).map_err(anyhow::Error::msg)?;
+    }
+    let (listeners, admin, takeover) = if opts.takeover {
+        if !config.replicas.is_empty() {
+            anyhow::bail!("--takeover needs configured backends: the built-in local replicas belong to the old process");
+        }
+        let path = opts
+            .upgrade_socket
+            .clone()
+            .unwrap_or_else(|| upgrade::default_path(config.listen.port()));
+        let mut t = upgrade::take_over(&path)?;
+        tracing::info!(listeners = t.listeners.len(), path = %path.display(), "took the listening sockets over");
+        let (listeners, admin) = (std::mem::take(&mut t.listeners), t.admin.take());
+        (listeners, admin, Some((t, path)))
+    } else {
+        let listeners = bind(&config)?;
+        let admin = match config.admin.listen {
+            // A plain bind (no SO_REUSEPORT): a second lb on the same admin port must fail
+            // loudly rather than share it.
+            Some(addr) => Some(StdListener::bind(addr).map_err(|e| {
+                anyhow::anyhow!("admin API cannot listen on {addr}: {e} (set admin.listen, --admin ADDR or --admin off)")
+            })?),
+            None => None,
+        };
+        (listeners, admin, None)
+    };
+    let admin_fd = admin.as_ref().map(|l| l.as_raw_fd());
+    let listen = listeners[0].local_addr()?;
+    let shared = Shared::new(
+        config,
+        listen,
+        listeners.iter().map(|l| l.as_raw_fd()).collect(),
+    );
+    announce("lb", shared.listen);
+    if let Some(l) = &admin {
+        announce("lb admin", l.local_addr()?);
+    }
+    control::start(shared.clone(), admin)?;
+    let _ = started.set(shared.clone());
+    match takeover {
+        Some((t, path)) => {
+            let s = shared.clone();
+            std::thread::spawn(move || {
+                // Confirm only once every accept loop runs, so that the old process keeps
+                // accepting until this one does.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while s.ready.load(std::sync::atomic::Ordering::SeqCst) < s.listener_fds.len()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                match t.confirm() {
+                    Ok(()) => tracing::info!("old process told to drain"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not tell the old process to drain")
+                    }
+                }
+                upgrade::serve_after_takeover(path, s, admin_fd);
+            });
+        }
+        None => {
+            let path = opts
+                .upgrade_socket
+                .clone()
+                .unwrap_or_else(|| upgrade::default_path(shared.listen.port()));
+            if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
+                tracing::warn!(error = %e, "binary upgrade unavailable");
+            }
+        }
+    }
+    crate::worker::run(shared, listeners)
+}
+
+/// Listeners freshly bound: one `SO_REUSEPORT` socket per core.
+fn bind(config: &Config) -> anyhow::Result<Vec<StdListener>> {
+    Ok(ListenerGroup::bind(config.listen, config.cores, config.relay.backlog)?.into_listeners())
+}
+
+/// One line on stdout that scripts and tests read to learn a bound port.
+pub fn announce(what: &str, addr: SocketAddr) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what} listening on {addr}");
+    let _ = out.flush();
+}
+
+/// SIGHUP reloads, SIGTERM and SIGINT stop gracefully (each with its own grace).
+fn spawn_signal_thread(
+    started: Arc<OnceLock<Arc<Shared>>>,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    let signals = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
+    lb_common::signals::spawn_signal_thread("lb-signals", &signals, move |sig| {
+        let Some(shared) = started.get() else {
+            // Not serving yet: nothing to drain, stop at once.
+            if sig != libc::SIGHUP {
+                std::process::exit(0);
+            }
+            return;
+        };
+        match sig {
+            libc::SIGHUP => match control::reload::reload(shared, &overrides) {
+                Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload rejected; the running configuration stays")
+                }
+            },
+            libc::SIGTERM => {
+                tracing::info!(
+                    grace_ms = shared.config.shutdown.grace.as_millis() as u64,
+                    "SIGTERM: stopping, open connections may finish"
+                );
+                shared.lifecycle.stop(shared.config.shutdown.grace);
+            }
+            _ => {
+                tracing::info!(
+                    grace_ms = shared.config.shutdown.interrupt_grace.as_millis() as u64,
+                    "SIGINT: stopping soon"
+                );
+                shared
+                    .lifecycle
+                    .stop(shared.config.shutdown.interrupt_grace);
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot set up signal handling: {e}"))?;
+    Ok(())
+}
+
+/// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
+fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Result<(), String> {
+    let program = match &config.replicas.command {
+        Some(argv) => replicas::Program::Command(argv.clone()),
+        None => replicas::Program::Backend(replicas::backend_binary()?),
+    };
+    let serving = started.clone();
+    let stopping: replicas::StopProbe =
+        Arc::new(move || serving.get().is_some_and(|s| s.lifecycle.stopping()));
+    // The supervisor restarts a replica its health checks hold down, once lb is serving.
+    let checked = started.clone();
+    let down: replicas::DownProbe = Arc::new(move |id: &str| {
+        checked.get().is_some_and(|s| {
+            s.set
+                .load()
+                .backends
+                .iter()
+                .any(|b| b.name == id && b.health == Health::Down)
+        })
+    });
+    tracing::info!(
+        count = config.replicas.len(),
+        "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
+    );
+    // A restarted replica that listens again is fresh: every core stops skipping it at once.
+    let serving = started.clone();
+    let back: replicas::BackHook = Arc::new(move |id: &str| {
+        if let Some(s) = serving.get() {
+            if let Err(e) = s.set.mark_restarted(id) {
+                tracing::warn!(id, error = %e, "cannot mark the restarted replica as back");
+            }
+        }
+    });
+    replicas::start(program, config.replicas.specs.clone(), down, stopping, back)
+        .map_err(|e| format!("cannot start local replicas: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for r in &config.replicas.specs {
+        while std::net::TcpStream::connect_timeout(&r.addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                tracing::warn!(id = %r.id, addr = %r.addr, "replica not listening yet; lb skips it until it is");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Accepting on one listener of one core: readiness, then non-blocking `accept4` in batches that
+//! grow under a burst; each accepted connection becomes a task on this core.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use lb_common::runtime::IoDriver;
+use lb_common::task::spawn_guarded;
+use monoio::net::TcpStream;
+
+use super::connection::handle;
+use super::Core;
+
+/// How often an idle accept loop looks at the lifecycle flags.
+pub(super) const ACCEPT_TICK: Duration = Duration::from_millis(100);
+/// Connections taken per readiness event before yielding to the connections themselves...
+const ACCEPT_BATCH: usize = 64;
+/// ...doubled after each batch that found the queue still non-empty, up to this: a burst of
+/// thousands of clients onto a busy core is taken in a few turns instead of 64 per pass over
+/// every ready connection (measured before: ~2,000 accepts/s at saturation, a 4,096 burst
+/// waiting ~1.9 s). 1,024 accepts stall the core's connections for a few ms at most.
+const ACCEPT_BATCH_MAX: usize = 1024;
+
+/// The next turn's batch: larger while the queue outlasts each batch, back to the base once a
+/// turn empties it.
+fn next_accept_batch(batch: usize, emptied: bool) -> usize {
+    if emptied {
+        ACCEPT_BATCH
+    } else {
+        (batch * 2).min(ACCEPT_BATCH_MAX)
+    }
+}
+
+/// Waits for readiness (cancellable at no cost) and accepts with non-blocking `accept4`, so that
+/// a stop never cancels an accept that already took a connection: during a binary upgrade the
+/// old and the new process share these sockets, and a lost connection would be a reset.
+pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>) {
+    let fd = listener.as_raw_fd();
+    let _ = listener.set_nonblocking(true);
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(worker = core.index, error = %e, "cannot register listener with the runtime");
+            return;
+        }
+    };
+    core.shared.ready.fetch_add(1, Ordering::SeqCst);
+    let lifecycle = &core.shared.lifecycle;
+    let mut last_warn: Option<Instant> = None;
+    let mut batch = ACCEPT_BATCH;
+    while !lifecycle.stopping() {
+        let ready = monoio::select! {
+            r = listener.readable(false) => Some(r),
+            _ = monoio::time::sleep(ACCEPT_TICK) => None,
+        };
+        if ready.is_none() {
+            continue;
+        }
+        let mut emptied = false;
+        for _ in 0..batch {
+            match accept(fd) {
+                Ok((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        core.shared.cores.accepted(core.index);
+                        let c = core.clone();
+                        spawn_guarded("connection", async move {
+                            handle(stream, peer, &c).await;
+                            c.shared.cores.finished(c.index);
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot register accepted connection"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    emptied = true;
+                    break;
+                }
+                Err(e) => {
+                    emptied = true;
+                    // Out of file descriptors or memory: back off briefly instead of spinning.
+                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(worker = core.index, error = %e, "accept failed");
+                        last_warn = Some(Instant::now());
+                    }
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                    break;
+                }
+            }
+        }
+        batch = next_accept_batch(batch, emptied);
+    }
+    // Dropping the listener here closes only this process's descriptor: after a takeover the
+    // new process still holds the socket and its queue.
+    tracing::debug!(worker = core.index, "accept loop stopped");
+}
+
+fn accept(fd: RawFd) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    let mut flags = libc::SOCK_CLOEXEC;
+    // io_uring works best with blocking sockets; epoll needs non-blocking ones.
+    if IoDriver::wants_nonblocking() {
+        flags |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: accept4 fills at most `len` bytes of the storage we own.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let s = libc::accept4(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        );
+        if s < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(s);
+        let peer = socket2::SockAddr::new(storage, len)
+            .as_socket()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Ok((stream, peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_batch_grows_while_the_queue_outlasts_it_and_resets_when_emptied() {
+        let mut b = ACCEPT_BATCH;
+        let mut turns = 0;
+        let mut taken = 0;
+        // A burst of 4,096 waiting connections, never emptied until the last turn.
+        while taken < 4096 {
+            taken += b;
+            turns += 1;
+            b = next_accept_batch(b, false);
+        }
+        assert!(turns <= 8, "{turns} turns for a 4,096 burst");
+        assert_eq!(b, ACCEPT_BATCH_MAX);
+        assert_eq!(next_accept_batch(ACCEPT_BATCH_MAX, true), ACCEPT_BATCH);
+        assert_eq!(next_accept_batch(ACCEPT_BATCH, true), ACCEPT_BATCH);
+    }
+}
