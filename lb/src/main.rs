@@ -83,7 +83,7 @@ fn main() {
     let opts = ServeOpts {
         takeover: args.takeover,
         upgrade_socket: args.upgrade_socket.clone(),
-        overrides: overrides(&args),
+        overrides: overrides(&args).expect("checked by load"),
     };
     if let Err(e) = lb::serve::serve(config, opts) {
         eprintln!("lb: {e:#}");
@@ -93,8 +93,8 @@ fn main() {
 }
 
 /// Environment then command line: what overrides the file, now and on every reload.
-fn overrides(args: &Args) -> Overrides {
-    let env = Overrides::from_env(|k| std::env::var(k).ok());
+fn overrides(args: &Args) -> Result<Overrides, lb::config::ConfigError> {
+    let env = Overrides::from_env(|k| std::env::var_os(k))?;
     let cli = Overrides {
         listen: args.listen.clone(),
         backends: (!args.backends.is_empty()).then(|| args.backends.clone()),
@@ -104,7 +104,7 @@ fn overrides(args: &Args) -> Overrides {
         admin: args.admin.clone(),
         ..Default::default()
     };
-    env.then(cli)
+    Ok(env.then(cli))
 }
 
 fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {
@@ -112,5 +112,5 @@ fn load(args: &Args) -> Result<Config, lb::config::ConfigError> {
         Some(path) => Config::read_file(path)?,
         None => FileConfig::default(),
     };
-    Config::build(file, overrides(args), args.config.clone())
+    Config::build(file, overrides(args)?, args.config.clone())
 }

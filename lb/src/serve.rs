@@ -38,38 +38,61 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
         if !config.replicas.is_empty() {
             anyhow::bail!("--takeover needs configured backends: the built-in local replicas belong to the old process");
         }
-        let path = opts
-            .upgrade_socket
-            .clone()
-            .unwrap_or_else(|| upgrade::default_path(config.listen.port()));
+        let path = match &opts.upgrade_socket {
+            Some(p) => p.clone(),
+            None => upgrade::default_path(config.listen.port())?,
+        };
         let mut t = upgrade::take_over(&path)?;
         tracing::info!(listeners = t.listeners.len(), path = %path.display(), "took the listening sockets over");
         let (listeners, admin) = (std::mem::take(&mut t.listeners), t.admin.take());
         (listeners, admin, Some((t, path)))
     } else {
+        // A second lb on a port already served would split the clients between two
+        // configurations: refuse, naming the cure.
+        if let Some(path) = upgrade_path(&opts, config.listen.port()) {
+            if upgrade::answers(&path) {
+                anyhow::bail!(
+                    "cannot listen on {}: address in use: an lb already serves it (its upgrade socket {} answers); replace it with --takeover",
+                    config.listen,
+                    path.display()
+                );
+            }
+        }
         let listeners = bind(&config)?;
         let admin = match config.admin.listen {
             // A plain bind (no SO_REUSEPORT): a second lb on the same admin port must fail
-            // loudly rather than share it.
-            Some(addr) => Some(StdListener::bind(addr).map_err(|e| {
-                anyhow::anyhow!("admin API cannot listen on {addr}: {e} (set admin.listen, --admin ADDR or --admin off)")
-            })?),
+            // loudly rather than share it. A process that just exited may still hold the port
+            // for a few ms (its io_uring teardown): wait for that, briefly.
+            Some(addr) => Some(
+                lb_common::net::retry_in_use(lb_common::net::GOING_AWAY_WAIT, || {
+                    StdListener::bind(addr)
+                })
+                .map_err(|e| {
+                    anyhow::anyhow!("admin API cannot listen on {addr}: {e} (set admin.listen, --admin ADDR or --admin off)")
+                })?,
+            ),
             None => None,
         };
         (listeners, admin, None)
     };
+    let admin_unix = match &config.admin.unix_socket {
+        Some(path) => Some(bind_admin_unix(path)?),
+        None => None,
+    };
     let admin_fd = admin.as_ref().map(|l| l.as_raw_fd());
     let listen = listeners[0].local_addr()?;
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(
         config,
         listen,
+        admin_addr,
         listeners.iter().map(|l| l.as_raw_fd()).collect(),
     );
     announce("lb", shared.listen);
     if let Some(l) = &admin {
         announce("lb admin", l.local_addr()?);
     }
-    control::start(shared.clone(), admin)?;
+    control::start(shared.clone(), admin, admin_unix)?;
     let _ = started.set(shared.clone());
     match takeover {
         Some((t, path)) => {
@@ -92,17 +115,61 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
                 upgrade::serve_after_takeover(path, s, admin_fd);
             });
         }
-        None => {
-            let path = opts
-                .upgrade_socket
-                .clone()
-                .unwrap_or_else(|| upgrade::default_path(shared.listen.port()));
-            if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
-                tracing::warn!(error = %e, "binary upgrade unavailable");
+        None => match upgrade_path(&opts, shared.listen.port()) {
+            Some(path) => {
+                if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
+                    tracing::warn!(error = %e, "binary upgrade unavailable");
+                }
             }
-        }
+            None => tracing::warn!(
+                "binary upgrade unavailable: no private directory for its socket (pass --upgrade-socket)"
+            ),
+        },
     }
     crate::worker::run(shared, listeners)
+}
+
+/// `--upgrade-socket`, else the default for `port` (None when lb has no private directory for
+/// it; the reason is logged).
+fn upgrade_path(opts: &ServeOpts, port: u16) -> Option<PathBuf> {
+    match &opts.upgrade_socket {
+        Some(p) => Some(p.clone()),
+        None => match upgrade::default_path(port) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "no directory for the upgrade socket");
+                None
+            }
+        },
+    }
+}
+
+/// The admin API's Unix socket: mode 0600 from the start (created under a 0177 umask, so there
+/// is no moment at which another user could connect), replacing a stale socket file of ours;
+/// removed when lb exits.
+fn bind_admin_unix(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !m.file_type().is_socket() || m.uid() != me {
+            anyhow::bail!(
+                "admin.unix_socket {}: something else is there (not a socket of uid {me}); remove it or choose another path",
+                path.display()
+            );
+        }
+        // Ours: left by an lb that died, or held by the one we replace; the new process owns
+        // the path from now on (the old one removes it at exit only if it is still its own).
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask only swaps the process's file-creation mask; restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|e| anyhow::anyhow!("admin.unix_socket {}: {e}", path.display()))?;
+    crate::shared::exit::remove_at_exit(path);
+    Ok(l)
 }
 
 /// Listeners freshly bound: one `SO_REUSEPORT` socket per core.
@@ -163,6 +230,13 @@ fn spawn_signal_thread(
 
 /// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
 fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Result<(), String> {
+    // A port already served would leave the replica failing to start while lb sends its clients
+    // to whatever listens there. The replicas of an lb that just stopped may still be exiting.
+    for r in &config.replicas.specs {
+        lb_common::net::ensure_free(r.addr, Duration::from_secs(2)).map_err(|e| {
+            format!("local replica {} cannot start: {e}; set replicas.base_port to free ports or configure backends", r.id)
+        })?;
+    }
     let program = match &config.replicas.command {
         Some(argv) => replicas::Program::Command(argv.clone()),
         None => replicas::Program::Backend(replicas::backend_binary()?),

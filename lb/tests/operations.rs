@@ -9,24 +9,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// A request to the admin API; returns (status, body).
+/// A request to the admin API as a well-behaved client sends it; returns (status, body).
 fn admin(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
+    admin_call(addr, None, method, path, body)
 }
 
 fn stats(lb: &Proc) -> serde_json::Value {

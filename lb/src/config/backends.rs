@@ -36,6 +36,38 @@ pub struct DiscoverSpec {
     pub weight: u32,
 }
 
+/// Longest backend name.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// A backend name, which reaches logs, metrics labels and admin URLs: 1 to 128 characters among
+/// letters, digits and `._-@:[]` (enough for `host:port`, `[v6]:port` and discovery's `NAME@IP`).
+/// Anything else could forge log lines, reach a terminal as escape codes, or make a backend that
+/// no URL can address again.
+pub fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = |b: u8| b.is_ascii_alphanumeric() || b"._-@:[]".contains(&b);
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(ok) {
+        return Err(invalid(
+            key,
+            format!(
+                "backend name {:?} is not allowed: use 1 to {MAX_NAME_LEN} letters, digits and . _ - @ : [ ]",
+                name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a backend at `addr` would be lb itself: one of `own` (lb's listen and admin
+/// addresses), counting a wildcard listen address as every local address on its port.
+pub fn is_own_address(addr: SocketAddr, own: &[SocketAddr]) -> bool {
+    own.iter().any(|o| {
+        o.port() != 0
+            && o.port() == addr.port()
+            && (o.ip().to_canonical() == addr.ip().to_canonical()
+                || (o.ip().is_unspecified() && lb_common::net::is_local_ip(addr.ip())))
+    })
+}
+
 /// A weight from 1 to [`MAX_WEIGHT`], or the default.
 pub fn weight(key: &str, w: Option<u32>) -> Result<u32, ConfigError> {
     let w = w.unwrap_or(DEFAULT_WEIGHT);
@@ -62,10 +94,12 @@ pub fn backend(
             format!("backend '{address}' has port 0: give the port it listens on"),
         ));
     }
+    let name = name
+        .map(String::from)
+        .unwrap_or_else(|| address.trim().to_string());
+    check_name(&format!("{key}.name"), &name)?;
     Ok(BackendConfig {
-        name: name
-            .map(String::from)
-            .unwrap_or_else(|| address.trim().to_string()),
+        name,
         address: addr,
         weight: weight(&format!("{key}.weight"), w)?,
     })
@@ -79,11 +113,13 @@ pub fn discover(key: &str, b: &FileBackend) -> Result<DiscoverSpec, ConfigError>
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok().filter(|p| *p != 0)?)))
         .ok_or_else(|| invalid(key, format!("'{}' is not name:port", b.address)))?;
+    let name = b
+        .name
+        .clone()
+        .unwrap_or_else(|| b.address.trim().to_string());
+    check_name(&format!("{key}.name"), &name)?;
     Ok(DiscoverSpec {
-        name: b
-            .name
-            .clone()
-            .unwrap_or_else(|| b.address.trim().to_string()),
+        name,
         host,
         port,
         weight: weight(&format!("{key}.weight"), b.weight)?,
@@ -116,9 +152,17 @@ pub fn build(
     Ok((fixed, names))
 }
 
-/// Names key the hash ring and the admin routes: each must be unique.
-pub fn check_unique(backends: &[BackendConfig]) -> Result<(), ConfigError> {
+/// Names key the hash ring and the admin routes: each must be unique; and no backend may be lb
+/// itself (`own`: its listen and admin addresses), which would loop a client through lb until it
+/// runs out of connections.
+pub fn check_set(backends: &[BackendConfig], own: &[SocketAddr]) -> Result<(), ConfigError> {
     for (i, b) in backends.iter().enumerate() {
+        if is_own_address(b.address, own) {
+            return Err(invalid(
+                "backends",
+                format!("backend '{}' at {} is lb's own listen or admin address: a client sent there would loop through lb", b.name, b.address),
+            ));
+        }
         if backends[..i].iter().any(|o| o.name == b.name) {
             return Err(invalid(
                 "backends",
@@ -127,4 +171,53 @@ pub fn check_unique(backends: &[BackendConfig]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_within_the_token_charset() {
+        for good in [
+            "s1",
+            "127.0.0.1:9001",
+            "[::1]:9001",
+            "web@10.0.0.7",
+            "a_b-c.d",
+        ] {
+            assert!(check_name("k", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "a\nb",
+            "q?x",
+            "\u{1b}[31m",
+            "ü",
+            &"x".repeat(129),
+        ] {
+            assert!(check_name("k", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_backend_on_lbs_own_address_or_wildcard_port_is_lb_itself() {
+        let own = [
+            "127.0.0.1:8080".parse().unwrap(),
+            "0.0.0.0:9900".parse().unwrap(),
+        ];
+        assert!(is_own_address("127.0.0.1:8080".parse().unwrap(), &own));
+        assert!(is_own_address("127.0.0.1:9900".parse().unwrap(), &own));
+        assert!(is_own_address(
+            "[::ffff:127.0.0.1]:8080".parse().unwrap(),
+            &own
+        ));
+        assert!(!is_own_address("127.0.0.1:8081".parse().unwrap(), &own));
+        assert!(!is_own_address("127.0.0.2:8080".parse().unwrap(), &own));
+        assert!(!is_own_address("192.0.2.1:9900".parse().unwrap(), &own));
+        let unbound = ["127.0.0.1:0".parse().unwrap()];
+        assert!(!is_own_address("127.0.0.1:0".parse().unwrap(), &unbound));
+    }
 }

@@ -6,6 +6,9 @@ use super::{invalid, ConfigError};
 use crate::balance::{HashConfig, HashFn};
 use crate::proxy::http::HeadKey;
 
+/// Largest Maglev table: the largest prime below 2^20 (4 MiB of table, built once per change).
+pub const MAX_MAGLEV_TABLE_SIZE: u64 = 1_048_573;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHash {
@@ -58,10 +61,15 @@ pub fn build(f: &FileHash, backends: usize) -> Result<(KeySource, HashConfig), C
         hash.virtual_nodes = v;
     }
     if let Some(m) = f.maglev_table_size {
-        if m < backends as u64 * 10 || !crate::balance::maglev::is_prime(m) {
+        // Bounded before the primality test, which would otherwise run for minutes on a
+        // 64-bit value; the table costs 4 bytes per slot.
+        if m > MAX_MAGLEV_TABLE_SIZE
+            || m < backends as u64 * 10
+            || !crate::balance::maglev::is_prime(m)
+        {
             return Err(invalid(
                 "hash.maglev_table_size",
-                format!("must be a prime at least 10x the number of backends (got {m}); 65537 is a good default"),
+                format!("must be a prime from 10x the number of backends up to {MAX_MAGLEV_TABLE_SIZE} (got {m}); 65537 is a good default"),
             ));
         }
         hash.maglev_table_size = m;
@@ -91,5 +99,26 @@ fn parse_key(k: &str) -> Result<HeadKey, ConfigError> {
         "cookie" => Ok(HeadKey::Cookie(name.to_string())),
         "header" => Ok(HeadKey::Header(name.to_string())),
         _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_maglev_table_is_prime_and_the_next_size_up_is_refused() {
+        assert!(crate::balance::maglev::is_prime(MAX_MAGLEV_TABLE_SIZE));
+        assert_eq!(
+            crate::balance::maglev::next_prime(MAX_MAGLEV_TABLE_SIZE + 1),
+            1_048_583
+        );
+        let f = |m| FileHash {
+            maglev_table_size: Some(m),
+            ..Default::default()
+        };
+        assert!(build(&f(MAX_MAGLEV_TABLE_SIZE), 3).is_ok());
+        assert!(build(&f(1_048_583), 3).is_err());
+        assert!(build(&f(9_223_372_036_854_775_783), 3).is_err());
     }
 }

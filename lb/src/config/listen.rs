@@ -13,7 +13,14 @@ pub fn build(file_listen: Option<&str>, over: &Overrides) -> Result<SocketAddr, 
     let base = file_listen.unwrap_or(DEFAULT_LISTEN);
     let mut addr = lb_common::net::parse_addr(base).map_err(|e| invalid("listen", e))?;
     if let Some(host) = &over.host {
-        let ip = lb_common::net::parse_addr(&format!("{host}:0"))
+        let host = host.trim();
+        // A bare IPv6 address (HOST=::1) needs brackets before a port can follow it.
+        let with_port = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:0")
+        } else {
+            format!("{host}:0")
+        };
+        let ip = lb_common::net::parse_addr(&with_port)
             .map_err(|e| invalid("HOST", e))?
             .ip();
         addr.set_ip(ip);

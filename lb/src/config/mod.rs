@@ -159,7 +159,13 @@ impl Config {
         let (mut backends, discover) = backends::build(&file.backends, over.backends.as_deref())?;
         let replicas = replicas::build(&file.replicas, backends.is_empty() && discover.is_empty())?;
         backends.extend(replicas.backends());
-        backends::check_unique(&backends)?;
+        let admin = admin::build(
+            &file.admin,
+            over.admin.as_deref(),
+            over.admin_token.as_deref(),
+        )?;
+        let own: Vec<SocketAddr> = std::iter::once(listen).chain(admin.listen).collect();
+        backends::check_set(&backends, &own)?;
         let (key, hash) = hash::build(&file.hash, backends.len())?;
         Ok(Config {
             listen,
@@ -177,7 +183,7 @@ impl Config {
             retry: retry::build(&file.retry, &RetryConfig::default())?,
             pool: pool::build(&file.pool)?,
             health: health::build(&file.health, &HealthConfig::default())?,
-            admin: admin::build(&file.admin, over.admin.as_deref())?,
+            admin,
             shutdown: shutdown::build(&file.shutdown)?,
             source,
         })
@@ -341,7 +347,8 @@ mod tests {
             "HOST" => Some("0.0.0.0".into()),
             "PORT" => Some("9999".into()),
             _ => None,
-        });
+        })
+        .unwrap();
         let c = build(TWO, env.clone()).unwrap();
         assert_eq!(c.algorithm, Algorithm::Random);
         assert_eq!(c.backends.len(), 3);

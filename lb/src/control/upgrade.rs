@@ -7,25 +7,135 @@
 //! new -> old `TAKEOVER`; old -> new `FDS <listeners> <admin 0|1>` with the descriptors attached;
 //! new -> old `DRAIN` once its workers accept; old stops accepting, closes the upgrade socket and
 //! lets its open connections finish.
+//!
+//! The socket hands over listening sockets, so it is guarded (DESIGN.md, Trust boundaries): by
+//! default it lives in a directory only lb's user can write (`$XDG_RUNTIME_DIR/lb/`, `/run/lb/`
+//! as root, else `$TMPDIR/lb-UID/`; created 0700, refused when someone else owns it or may write
+//! to it); a socket file owned by another user is never used or replaced; each side checks the
+//! other's uid (`SO_PEERCRED`); and the file is removed when the process exits.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpListener as StdListener;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::shared::Shared;
+use crate::shared::{exit, Shared};
 
-/// Default path for the listen port: one upgrade socket per lb instance on a machine.
-pub fn default_path(port: u16) -> PathBuf {
-    std::env::temp_dir().join(format!("lb-upgrade-{port}.sock"))
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Default path for the listen port: one upgrade socket per lb instance on a machine, in lb's
+/// private runtime directory (created if missing).
+pub fn default_path(port: u16) -> io::Result<PathBuf> {
+    Ok(private_dir()?.join(format!("upgrade-{port}.sock")))
+}
+
+/// `$XDG_RUNTIME_DIR/lb`, else `/run/lb` for root, else `$TMPDIR/lb-UID`: created 0700, and
+/// refused unless it is a directory of lb's user that nobody else may write to.
+pub fn private_dir() -> io::Result<PathBuf> {
+    let uid = euid();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(x) if x.is_absolute() => x.join("lb"),
+        _ if uid == 0 => PathBuf::from("/run/lb"),
+        _ => std::env::temp_dir().join(format!("lb-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", dir.display()),
+            ))
+        }
+    }
+    let m = std::fs::symlink_metadata(&dir)?;
+    if !m.is_dir() || m.uid() != uid || m.permissions().mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing {} for the upgrade socket: it must be a directory of uid {uid} that nobody else may write to (found uid {}, mode {:o}); remove it or pass --upgrade-socket",
+                dir.display(),
+                m.uid(),
+                m.permissions().mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
+/// An existing socket file at `path` must belong to lb's user: one planted by someone else (in a
+/// shared directory, say) is neither connected to nor replaced.
+fn check_owner(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.uid() != euid() => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "upgrade socket {} is owned by uid {}, not lb's uid {}: refusing to use it (someone else may have planted it)",
+                path.display(),
+                m.uid(),
+                euid()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The uid of the process at the other end of a Unix socket.
+fn peer_uid(conn: &UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the length we pass.
+    let r = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Only a process of lb's own user is at the other end.
+fn check_peer(conn: &UnixStream, who: &str) -> io::Result<()> {
+    let uid = peer_uid(conn)?;
+    if uid != euid() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the {who} on the upgrade socket runs as uid {uid}, not lb's uid {}: refused",
+                euid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an lb already serves the upgrade socket at `path` (the caller then refuses to start a
+/// second one beside it, unless it is taking over).
+pub fn answers(path: &Path) -> bool {
+    check_owner(path).is_ok() && UnixStream::connect(path).is_ok()
 }
 
 /// Old side: serves one takeover on `path` (a stale file from a dead process is replaced).
 pub fn serve(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) -> io::Result<()> {
     let listener = bind_unix(&path)?;
+    exit::remove_at_exit(&path);
     tracing::info!(path = %path.display(), "upgrade socket ready: start the new binary with --takeover");
     std::thread::Builder::new()
         .name("lb-upgrade".into())
@@ -38,10 +148,15 @@ pub fn serve(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) -> io:
                         continue;
                     }
                 };
+                if let Err(e) = check_peer(&conn, "new process") {
+                    tracing::warn!(error = %e, "takeover attempt refused; still serving");
+                    continue;
+                }
                 match hand_over(conn, &shared, admin_fd) {
                     Ok(()) => {
-                        // The new process owns the path now (it binds it after DRAIN); do not
-                        // unlink it from under it.
+                        // The new process owns the paths now (it binds them after DRAIN); do
+                        // not unlink them from under it.
+                        exit::forget_all();
                         tracing::info!(
                             grace_ms = shared.config.shutdown.grace.as_millis() as u64,
                             "listeners handed to the new process: draining"
@@ -57,6 +172,7 @@ pub fn serve(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) -> io:
 }
 
 fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    check_owner(path)?;
     match UnixListener::bind(path) {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -122,6 +238,7 @@ impl Takeover {
 }
 
 pub fn take_over(path: &Path) -> io::Result<Takeover> {
+    check_owner(path)?;
     // Right after an upgrade the newest process takes the socket path over from the one it
     // replaced: give that a moment instead of failing at once.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -145,6 +262,8 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
             }
         }
     };
+    check_owner(path)?;
+    check_peer(&conn, "running lb")?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     (&conn).write_all(b"TAKEOVER\n")?;
     let (header, fds) = recv_fds(&conn)?;
@@ -282,6 +401,28 @@ fn recv_fds(conn: &UnixStream) -> io::Result<(Vec<u8>, Vec<RawFd>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_of_the_same_user_passes_the_uid_check() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert_eq!(peer_uid(&a).unwrap(), euid());
+        assert!(check_peer(&b, "test").is_ok());
+    }
+
+    #[test]
+    fn a_socket_file_of_another_user_is_refused() {
+        if euid() != 0 {
+            return; // only root can make a file of another user
+        }
+        let path = std::env::temp_dir().join(format!("lb-owner-test-{}", std::process::id()));
+        let _l = UnixListener::bind(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let e = check_owner(&path).unwrap_err().to_string();
+        assert!(e.contains("uid 65534"), "{e}");
+        assert!(bind_unix(&path).is_err(), "never replaced");
+        assert!(path.exists());
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn descriptors_cross_a_unix_socket_and_still_listen() {

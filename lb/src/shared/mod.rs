@@ -3,6 +3,7 @@
 //! a lock.
 
 pub mod counters;
+pub mod exit;
 pub mod set;
 
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub lifecycle: Lifecycle,
     /// The address clients connect to (resolved when the config said port 0).
     pub listen: SocketAddr,
+    /// lb's own listen and admin addresses, as bound: a backend at one of them would be lb.
+    pub own_addresses: Vec<SocketAddr>,
     /// Raw fds of the client listeners, for a binary upgrade to take over.
     pub listener_fds: Vec<RawFd>,
     /// Accept loops running (a new process confirms a takeover once all of them are).
@@ -74,8 +77,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state for a process serving `config` on listeners bound to `listen`.
-    pub fn new(config: Config, listen: SocketAddr, listener_fds: Vec<RawFd>) -> Arc<Shared> {
+    /// The shared state for a process serving `config` on listeners bound to `listen`, with its
+    /// admin API on `admin` (when it has one).
+    pub fn new(
+        config: Config,
+        listen: SocketAddr,
+        admin: Option<SocketAddr>,
+        listener_fds: Vec<RawFd>,
+    ) -> Arc<Shared> {
         let set = Arc::new(BackendSet::new(&config.backends, config.cores));
         Arc::new(Shared {
             cores: CoreCounters::new(config.cores),
@@ -83,6 +92,7 @@ impl Shared {
             listener_fds,
             ready: AtomicUsize::new(0),
             listen,
+            own_addresses: std::iter::once(listen).chain(admin).collect(),
             set,
             config,
         })

@@ -1,0 +1,253 @@
+//! Admin HTTP API on its own listener (127.0.0.1 by default) and optionally a Unix socket: stats,
+//! Prometheus metrics, and backend changes that every core sees at its next connection. Who may
+//! use it is [`guard`]'s; what it does is [`routes`]'.
+//!
+//! Every connection is bounded: one request, read within `admin.request_timeout_ms` in all (not
+//! per read: a client trickling a byte at a time is cut at the deadline), and at most
+//! `admin.max_connections` are served at once; the rest wait in the kernel's accept queue, so
+//! that admin clients can never take the file descriptors the data path needs.
+
+pub mod guard;
+pub mod metrics;
+pub mod request;
+pub mod routes;
+pub mod stats;
+
+use std::cell::Cell;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::shared::Shared;
+use guard::Via;
+use request::{Parsed, Request, MAX_REQUEST};
+use routes::Response;
+
+/// How long a hostname in `POST /lb/backends` may take to resolve.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// At most one warning per interval for the same admin condition.
+const WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Connections being served, over both listeners.
+#[derive(Default)]
+pub struct Slots {
+    open: Cell<usize>,
+    last_warn: Cell<Option<Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl Slots {
+    /// Waits until a connection may be taken (below the cap).
+    async fn wait_for_room(&self, max: usize) {
+        if self.open.get() < max {
+            return;
+        }
+        self.warn(|suppressed| {
+            tracing::warn!(
+                max,
+                suppressed,
+                "admin API at its connection cap (admin.max_connections): new connections wait"
+            )
+        });
+        while self.open.get() >= max {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn warn(&self, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self
+            .last_warn
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= WARN_INTERVAL)
+        {
+            self.last_warn.set(Some(now));
+            log(self.suppressed.replace(0));
+        } else {
+            self.suppressed.set(self.suppressed.get() + 1);
+        }
+    }
+}
+
+/// Serves the TCP admin listener until the process ends.
+pub async fn serve_tcp(listener: StdListener, shared: Arc<Shared>, slots: Rc<Slots>) {
+    let _ = listener.set_nonblocking(lb_common::runtime::IoDriver::wants_nonblocking());
+    let listener = match monoio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin API cannot start");
+            return;
+        }
+    };
+    let max = shared.config.admin.max_connections;
+    loop {
+        slots.wait_for_room(max).await;
+        match listener.accept().await {
+            Ok((stream, _)) => spawn(stream, Via::Tcp, &shared, &slots),
+            Err(e) => {
+                slots.warn(
+                    |suppressed| tracing::warn!(error = %e, suppressed, "admin accept failed"),
+                );
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves the Unix-socket admin listener until the process ends. Only lb's own user (or root)
+/// may use it: the socket file is 0600, and each peer's uid is checked too.
+pub async fn serve_unix(listener: StdUnixListener, shared: Arc<Shared>, slots: Rc<Slots>) {
+    let _ = listener.set_nonblocking(lb_common::runtime::IoDriver::wants_nonblocking());
+    let listener = match monoio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin API cannot serve its Unix socket");
+            return;
+        }
+    };
+    let max = shared.config.admin.max_connections;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    loop {
+        slots.wait_for_room(max).await;
+        match listener.accept().await {
+            Ok((stream, _)) => match stream.peer_cred() {
+                Ok(c) if c.uid() == me || c.uid() == 0 => spawn(stream, Via::Unix, &shared, &slots),
+                Ok(c) => {
+                    slots.warn(|suppressed| {
+                        tracing::warn!(
+                            uid = c.uid(),
+                            suppressed,
+                            "admin Unix socket: refused a peer of another user"
+                        )
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin Unix socket: cannot read the peer's credentials")
+                }
+            },
+            Err(e) => {
+                slots.warn(
+                    |suppressed| tracing::warn!(error = %e, suppressed, "admin accept failed"),
+                );
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn spawn<S>(stream: S, via: Via, shared: &Arc<Shared>, slots: &Rc<Slots>)
+where
+    S: AsyncReadRent + AsyncWriteRent + 'static,
+{
+    slots.open.set(slots.open.get() + 1);
+    let (shared, slots) = (shared.clone(), slots.clone());
+    lb_common::task::spawn_guarded("admin-connection", async move {
+        let deadline = shared.config.admin.request_timeout;
+        let _ = monoio::time::timeout(deadline, connection(stream, via, &shared)).await;
+        slots.open.set(slots.open.get() - 1);
+    });
+}
+
+/// One request, one answer, then close. The caller bounds the whole of it.
+async fn connection<S: AsyncReadRent + AsyncWriteRent>(mut stream: S, via: Via, shared: &Shared) {
+    let response = match read_request(&mut stream).await {
+        Ok(Some(req)) => match guard::check(&req, via, &shared.config.admin) {
+            Ok(()) => handle(&req, shared).await,
+            Err(r) => Response::error(r.status, r.message),
+        },
+        Ok(None) => return,
+        Err(r) => r,
+    };
+    let mut out = Vec::with_capacity(response.body.len() + 256);
+    let headers: Vec<(&str, &[u8])> =
+        std::iter::once(("Content-Type", response.content_type.as_bytes()))
+            .chain(response.headers.iter().map(|(k, v)| (*k, v.as_bytes())))
+            .collect();
+    lb_common::http::write_head(
+        &mut out,
+        response.status,
+        &headers,
+        response.body.len(),
+        false,
+        false,
+    );
+    out.extend_from_slice(response.body.as_bytes());
+    let _ = stream.write_all(out).await;
+}
+
+/// The request, None when the client went away, or the error answer for a bad one.
+async fn read_request<S: AsyncReadRent>(stream: &mut S) -> Result<Option<Request>, Response> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        if buf.len() >= MAX_REQUEST {
+            return Err(Response::error(413, "request too large"));
+        }
+        buf.reserve(4096.min(MAX_REQUEST - buf.len()));
+        let filled = buf.len();
+        let (res, slice) = stream.read(buf.slice_mut(filled..)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+        match request::parse(&buf) {
+            Parsed::Complete(r) => return Ok(Some(r)),
+            Parsed::Partial => continue,
+            Parsed::Bad(status, why) => return Err(Response::error(status, why)),
+        }
+    }
+}
+
+async fn handle(req: &Request, shared: &Shared) -> Response {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    if req.method != "POST" || segs != ["lb", "backends"] {
+        return routes::route(req, shared);
+    }
+    let add = match routes::parse_add(&req.body) {
+        Ok(a) => a,
+        Err(e) => return Response::error(400, e),
+    };
+    match resolve(&add.address).await {
+        Ok(addr) => routes::add_backend(shared, &add, addr),
+        Err(e) => Response::error(400, e),
+    }
+}
+
+/// `host:port` to an address. An IP literal is parsed here; a name is looked up on a thread of
+/// its own with a deadline, so that a DNS server that does not answer never stalls this thread,
+/// which also runs the health checks.
+async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    let address = address.trim().to_string();
+    if let Ok(a) = address.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let result = Arc::new(std::sync::Mutex::new(None));
+    let out = result.clone();
+    let name = address.clone();
+    std::thread::Builder::new()
+        .name("lb-admin-dns".into())
+        .spawn(move || {
+            let r = lb_common::net::parse_addr(&name);
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        })
+        .map_err(|e| format!("cannot look up {address:?}: {e}"))?;
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    loop {
+        if let Some(r) = result.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return r;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "looking up {address:?} took more than {} s: give an IP address, or fix the resolver",
+                LOOKUP_TIMEOUT.as_secs()
+            ));
+        }
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,720 @@
+//! Regression tests for the defects found by attacking lb and running it as an operator would
+//! (issue 10). Each test failed on the code before its fix.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn lb_bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb"));
+    for v in [
+        "ALGORITHM",
+        "BACKEND_SERVERS",
+        "HOST",
+        "PORT",
+        "LB_ADMIN_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// `lb --check-config` with `args` (and a config file from `toml` when given): (exit code, output).
+fn check(toml: Option<&str>, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> (i32, String) {
+    let path = tempfile_path::TempPath::new("lb-check", "toml");
+    let mut cmd = lb_bin();
+    cmd.arg("--check-config");
+    if let Some(t) = toml {
+        std::fs::write(&path.0, t).unwrap();
+        cmd.arg("--config").arg(&path.0);
+    }
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn backends_of(admin: SocketAddr, token: Option<&str>) -> Vec<String> {
+    let (code, body) = admin_call(admin, token, "GET", "/lb/backends", "");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// 1. The admin API -----------------------------------------------------------------------------
+
+#[test]
+fn with_a_token_every_admin_request_but_get_health_needs_it() {
+    let a = backend("a");
+    let lb = start(
+        "lb",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--backend",
+            &a.addr.to_string(),
+        ],
+        &[("LB_ADMIN_TOKEN", "s3cret-token-0123")],
+    );
+    let adm = lb.admin.unwrap();
+    assert_eq!(admin_call(adm, None, "GET", "/health", "").0, 200);
+    let (code, head, _) = http_request(adm, "GET", "/lb/stats", &[], "");
+    assert_eq!(code, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(
+        admin_call(adm, Some("wrong"), "GET", "/lb/stats", "").0,
+        401
+    );
+    assert_eq!(admin_call(adm, None, "GET", "/metrics", "").0, 401);
+    assert_eq!(
+        admin_call(adm, None, "POST", "/lb/backends/127.0.0.1:1/drain", "").0,
+        401
+    );
+    assert_eq!(
+        admin_call(adm, Some("s3cret-token-0123"), "GET", "/lb/stats", "").0,
+        200
+    );
+}
+
+#[test]
+fn the_token_can_come_from_a_file() {
+    let a = backend("a");
+    let tok = tempfile_path::TempPath::new("lb-token", "txt");
+    std::fs::write(&tok.0, "file-token-0123456\n").unwrap();
+    let toml = format!(
+        "[admin]\ntoken_file = \"{}\"\n[[backends]]\naddress = \"{}\"\n",
+        tok.0.display(),
+        a.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let adm = lb.admin.unwrap();
+    assert_eq!(admin_call(adm, None, "GET", "/lb/stats", "").0, 401);
+    assert_eq!(
+        admin_call(adm, Some("file-token-0123456"), "GET", "/lb/stats", "").0,
+        200
+    );
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let (code, out) = check(None, &["-b", "127.0.0.1:9", "--admin", "0.0.0.0:9900"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("admin") && out.contains("LB_ADMIN_TOKEN") && out.contains("token_file"),
+        "{out}"
+    );
+    let (code, out) = check(
+        None,
+        &["-b", "127.0.0.1:9", "--admin", "0.0.0.0:9900"],
+        &[("LB_ADMIN_TOKEN", "t0ken-long-enough".as_ref())],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn cross_site_requests_are_refused_even_without_a_token() {
+    let (a, b) = (backend("a"), backend("b"));
+    let lb = support::lb(&[&a], &[]);
+    let adm = lb.admin.unwrap();
+    let body = format!("{{\"address\": \"{}\", \"name\": \"evil\"}}", b.addr);
+    // What a web page can send without a CORS preflight.
+    let (code, _, _) = http_request(
+        adm,
+        "POST",
+        "/lb/backends",
+        &[("Content-Type", "text/plain")],
+        &body,
+    );
+    assert_eq!(code, 415);
+    let (code, _, _) = http_request(
+        adm,
+        "POST",
+        "/lb/backends",
+        &[
+            ("Content-Type", "application/json"),
+            ("Origin", "http://evil.example"),
+        ],
+        &body,
+    );
+    assert_eq!(code, 403);
+    // DNS rebinding: the page's own name in Host.
+    let (code, _, _) = http_request(
+        adm,
+        "POST",
+        "/lb/backends",
+        &[
+            ("Content-Type", "application/json"),
+            ("Host", "evil.example:9900"),
+        ],
+        &body,
+    );
+    assert_eq!(code, 403);
+    assert_eq!(backends_of(adm, None), vec![a.addr.to_string()]);
+    assert_eq!(admin_call(adm, None, "POST", "/lb/backends", &body).0, 201);
+}
+
+#[test]
+fn a_backend_at_one_of_lbs_own_addresses_is_refused() {
+    let a = backend("a");
+    let lb = support::lb(&[&a], &[]);
+    let adm = lb.admin.unwrap();
+    for own in [lb.addr, adm] {
+        let (code, body) = admin_call(
+            adm,
+            None,
+            "POST",
+            "/lb/backends",
+            &format!("{{\"address\": \"{own}\", \"name\": \"loop\"}}"),
+        );
+        assert_eq!(code, 400, "{own}: {body}");
+        assert!(body.contains("lb's own"), "{body}");
+    }
+    let (code, out) = check(
+        None,
+        &["--listen", "127.0.0.1:8555", "-b", "127.0.0.1:8555"],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+    let (code, out) = check(
+        None,
+        &["--listen", "0.0.0.0:8555", "-b", "127.0.0.1:8555"],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn the_admin_api_answers_on_a_unix_socket_only_its_owner_may_use() {
+    let a = backend("a");
+    let sock = tempfile_path::TempPath::new("lb-admin", "sock");
+    let toml = format!(
+        "[admin]\nunix_socket = \"{}\"\n[[backends]]\naddress = \"{}\"\n",
+        sock.0.display(),
+        a.addr
+    );
+    let lb = start(
+        "lb",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+            &{
+                let p = tempfile_path::TempPath::new("lb-unix", "toml");
+                std::fs::write(&p.0, &toml).unwrap();
+                let s = p.0.to_str().unwrap().to_string();
+                std::mem::forget(p);
+                s
+            },
+        ],
+        &[("LB_ADMIN_TOKEN", "tok-tok-tok-tok-tok")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sock.0.exists() {
+        assert!(Instant::now() < deadline, "no admin socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mode = std::fs::metadata(&sock.0).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let mut s = std::os::unix::net::UnixStream::connect(&sock.0).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // No token over the socket: its file mode is the access control.
+    s.write_all(b"GET /lb/backends HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(&a.addr.to_string()), "{resp}");
+    drop(lb);
+}
+
+// 4. Names -------------------------------------------------------------------------------------
+
+#[test]
+fn backend_names_outside_the_token_charset_are_refused() {
+    let (a, b) = (backend("a"), backend("b"));
+    let lb = support::lb(&[&a], &[]);
+    let adm = lb.admin.unwrap();
+    for bad in [
+        "a\\nforged log line",
+        "with space",
+        "q?x",
+        "tab\\t",
+        "",
+        "a/b",
+        "\\u001b[31m",
+    ] {
+        let (code, body) = admin_call(
+            adm,
+            None,
+            "POST",
+            "/lb/backends",
+            &format!("{{\"address\": \"{}\", \"name\": \"{bad}\"}}", b.addr),
+        );
+        assert_eq!(code, 400, "{bad:?}: {body}");
+    }
+    let (code, body) = admin_call(
+        adm,
+        None,
+        "POST",
+        "/lb/backends",
+        &format!("{{\"address\": \"{}\", \"name\": \"b-1.x_y@z:1\"}}", b.addr),
+    );
+    assert_eq!(code, 201, "{body}");
+    for bad in ["", "a/b", "new\nline"] {
+        let toml = format!(
+            "[[backends]]\naddress = \"127.0.0.1:9\"\nname = \"{}\"\n",
+            bad.escape_default()
+        );
+        let (code, out) = check(Some(&toml), &[], &[]);
+        assert_eq!(code, 2, "{bad:?}: {out}");
+        assert!(out.contains("name"), "{out}");
+    }
+}
+
+// 10, 11, 14, 19. Admin robustness --------------------------------------------------------------
+
+#[test]
+fn a_content_length_near_2_pow_64_gets_a_400() {
+    let a = backend("a");
+    let lb = support::lb(&[&a], &[]);
+    let adm = lb.admin.unwrap();
+    let (code, _, body) = http_request(
+        adm,
+        "POST",
+        "/lb/backends",
+        &[("Content-Length", "18446744073709551615")],
+        "",
+    );
+    assert_eq!(code, 400, "{body}");
+    // And the admin API still answers.
+    assert_eq!(admin_call(adm, None, "GET", "/health", "").0, 200);
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn admin_connections_are_capped_and_a_trickling_request_is_cut_at_its_deadline() {
+    let a = backend("a");
+    let toml = format!(
+        "[admin]\nrequest_timeout_ms = 500\nmax_connections = 8\n[[backends]]\naddress = \"{}\"\n",
+        a.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let adm = lb.admin.unwrap();
+    // A request that sends a byte every 100 ms never completes: cut after 500 ms in all.
+    let mut t = TcpStream::connect(adm).unwrap();
+    t.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let start = Instant::now();
+    let mut closed = false;
+    for b in b"GET /lb/stats HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if t.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match t.read(&mut buf) {
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(closed, "a trickling request outlived the request deadline");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    // 40 idle connections: at most 8 are taken; the rest wait in the kernel's queue.
+    let pid = lb.child.id();
+    let before = fd_count(pid);
+    let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(adm).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let during = fd_count(pid);
+    assert!(
+        during <= before + 8,
+        "{before} fds before, {during} with 40 idle admin connections"
+    );
+    drop(idle);
+    // Once they are gone (or timed out) the API answers again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_call(adm, None, "GET", "/health", "").0 != 200 {
+        assert!(Instant::now() < deadline);
+    }
+}
+
+#[test]
+fn health_answers_503_while_lb_drains() {
+    let echo = echo_backend();
+    let toml = format!(
+        "[health]\ncheck = \"none\"\n[shutdown]\ngrace_ms = 5000\n[[backends]]\naddress = \"{}\"\n",
+        echo.addr
+    );
+    let (mut lb, _cfg) = lb_with_config(&toml, &[]);
+    let adm = lb.admin.unwrap();
+    let mut open = TcpStream::connect(lb.addr).unwrap();
+    open.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    open.read_exact(&mut b).unwrap();
+    assert_eq!(admin_call(adm, None, "GET", "/health", "").0, 200);
+    signal(&lb.child, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (code, body) = admin_call(adm, None, "GET", "/health", "");
+        if code == 503 {
+            assert!(
+                body.contains("stopping") || body.contains("draining"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {code} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(open);
+    assert!(wait_exit(&mut lb.child, Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn lb_restarts_at_once_on_the_admin_port_it_just_left() {
+    let a = backend("a");
+    let port = free_port();
+    let admin_addr = format!("127.0.0.1:{port}");
+    for round in 0..3 {
+        let mut lb = start(
+            "lb",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                &admin_addr,
+                "--backend",
+                &a.addr.to_string(),
+            ],
+            &[],
+        );
+        // lb answers and closes first, so its side of the admin port is in TIME_WAIT.
+        assert_eq!(
+            admin_call(lb.admin.unwrap(), None, "GET", "/lb/stats", "").0,
+            200,
+            "round {round}"
+        );
+        signal(&lb.child, libc::SIGTERM);
+        let status = wait_exit(&mut lb.child, Duration::from_secs(5)).expect("lb exits");
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+}
+
+// 3. A port already served ---------------------------------------------------------------------
+
+#[test]
+fn a_second_lb_on_a_port_already_served_exits_with_address_in_use() {
+    let a = backend("a");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _first = start(
+        "lb",
+        &[
+            "--listen",
+            &listen,
+            "--admin",
+            "off",
+            "--backend",
+            &a.addr.to_string(),
+        ],
+        &[],
+    );
+    let sock = tempfile_path::TempPath::new("lb-second", "sock");
+    let out = lb_bin()
+        .args([
+            "--listen",
+            &listen,
+            "--admin",
+            "off",
+            "--backend",
+            &a.addr.to_string(),
+        ])
+        .arg("--upgrade-socket")
+        .arg(&sock.0)
+        .stdin(Stdio::null())
+        .output_with_timeout(Duration::from_secs(5));
+    let (code, text) = out.expect("the second lb must exit, not serve");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.to_lowercase().contains("address in use"), "{text}");
+}
+
+#[test]
+fn a_second_backend_on_a_port_already_served_exits_with_address_in_use() {
+    let first = backend("a");
+    let bin = workspace_bin("backend");
+    let out = Command::new(bin)
+        .args(["--listen", &first.addr.to_string(), "--id", "b"])
+        .stdin(Stdio::null())
+        .output_with_timeout(Duration::from_secs(5));
+    let (code, text) = out.expect("the second backend must exit, not serve");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.to_lowercase().contains("address in use"), "{text}");
+}
+
+#[test]
+fn local_replicas_on_ports_already_served_stop_lb_with_a_clear_error() {
+    let squatter = backend("other");
+    let toml = format!(
+        "[replicas]\ncount = 1\nbase_port = {}\n",
+        squatter.addr.port()
+    );
+    let cfg = tempfile_path::TempPath::new("lb-replicas", "toml");
+    std::fs::write(&cfg.0, toml).unwrap();
+    let out = lb_bin()
+        .args(["--listen", "127.0.0.1:0", "--admin", "off", "--config"])
+        .arg(&cfg.0)
+        .env("LB_BACKEND_BIN", workspace_bin("backend"))
+        .stdin(Stdio::null())
+        .output_with_timeout(Duration::from_secs(10));
+    let (code, text) = out.expect("lb must exit, not serve a squatted replica port");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.to_lowercase().contains("address in use"), "{text}");
+}
+
+/// `output()` with a deadline: Some((exit code, stdout+stderr)), or None (killed) when the process
+/// was still running at the deadline.
+trait OutputWithTimeout {
+    fn output_with_timeout(&mut self, limit: Duration) -> Option<(i32, String)>;
+}
+
+impl OutputWithTimeout for Command {
+    fn output_with_timeout(&mut self, limit: Duration) -> Option<(i32, String)> {
+        let mut child = self
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let o = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let e = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let status = wait_exit(&mut child, limit);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let text = format!("{}{}", o.join().unwrap(), e.join().unwrap());
+        status.map(|s| (s.code().unwrap_or(-1), text))
+    }
+}
+
+// 16. Validation ---------------------------------------------------------------------------------
+
+#[test]
+fn sizes_that_cannot_work_are_refused_by_check_config() {
+    for size in ["9223372036854775783", "1000000007"] {
+        let toml = format!(
+            "algorithm = \"maglev\"\n[hash]\nmaglev_table_size = {size}\n[[backends]]\naddress = \"127.0.0.1:9\"\n"
+        );
+        let start = Instant::now();
+        let (code, out) = check(Some(&toml), &[], &[]);
+        assert_eq!(code, 2, "{size}: {out}");
+        assert!(out.contains("hash.maglev_table_size"), "{out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_host_is_bracketed() {
+    let (code, out) = check(None, &["-b", "127.0.0.1:9"], &[("HOST", "::1".as_ref())]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[::1]:8080"), "{out}");
+}
+
+#[test]
+fn a_non_utf8_environment_value_is_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"maglev\xff");
+    let (code, out) = check(None, &["-b", "127.0.0.1:9"], &[("ALGORITHM", bad)]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("ALGORITHM") && out.contains("UTF-8"), "{out}");
+}
+
+// 2. The upgrade socket --------------------------------------------------------------------------
+
+/// A directory removed with everything in it when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = tempfile_path::TempPath::new(name, "d");
+        let path = p.0.clone();
+        drop(p);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sockets_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(sockets_under(&e.path()));
+        } else if t.is_socket() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_upgrade_socket_lives_in_a_private_directory_and_goes_when_lb_exits() {
+    let a = backend("a");
+    let run = TempDir::new("lb-run");
+    std::fs::set_permissions(&run.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let dir = run.0.to_str().unwrap();
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut lb = start(
+            "lb",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "off",
+                "--backend",
+                &a.addr.to_string(),
+            ],
+            &[("XDG_RUNTIME_DIR", dir), ("TMPDIR", dir)],
+        );
+        let path = run
+            .0
+            .join("lb")
+            .join(format!("upgrade-{}.sock", lb.addr.port()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no socket at {}: {:?}",
+                path.display(),
+                sockets_under(&run.0)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mode = std::fs::metadata(run.0.join("lb"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+        signal(&lb.child, sig);
+        assert!(wait_exit(&mut lb.child, Duration::from_secs(5)).is_some());
+        assert_eq!(
+            sockets_under(&run.0),
+            Vec::<std::path::PathBuf>::new(),
+            "left behind"
+        );
+    }
+}
+
+#[test]
+fn a_takeover_never_talks_to_an_upgrade_socket_of_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to make a socket of another user");
+        return;
+    }
+    let a = backend("a");
+    let shared_dir = TempDir::new("lb-squat");
+    std::fs::set_permissions(&shared_dir.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // The squatter: another user's socket at the path a root takeover would use.
+    let path = shared_dir.0.join("lb-upgrade-8080.sock");
+    let squat = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    squat.set_nonblocking(true).unwrap();
+    let out = lb_bin()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--backend",
+            &a.addr.to_string(),
+            "--takeover",
+        ])
+        .arg("--upgrade-socket")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output_with_timeout(Duration::from_secs(10));
+    let (code, text) = out.expect("lb must give up, not wait");
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("uid 65534"), "{text}");
+    assert!(
+        squat.accept().is_err(),
+        "lb connected to the squatter's socket"
+    );
+    // A normal start does not use or replace it either.
+    let lb = start(
+        "lb",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--backend",
+            &a.addr.to_string(),
+        ],
+        &[],
+    );
+    let _ = lb;
+    let _ = std::process::Command::new("true").status();
+    assert!(path.exists());
+    assert!(squat.accept().is_err());
+}
