@@ -1,17 +1,18 @@
-//! Network namespaces for multi-host fault tests: one `lb` host and N backend hosts, each its own
-//! namespace, joined by veth pairs on a bridge that lives inside the lb namespace
+//! Network namespaces for multi-host tests. `Topology`: one `lb` host and N backend hosts, each
+//! its own namespace, joined by veth pairs on a bridge that lives inside the lb namespace
 //! (`10.251.S.1/24` on the bridge, backend i at `10.251.S.(10+i)/24`).
 //!
 //! Safety rule: no code in the root namespace ever opens a socket to these addresses. Every
-//! program that talks to them (lb, the backends, the test client and its admin API polling) is
-//! started with `ip netns exec`, and the client refuses to run in the namespace of PID 1. The
+//! program that talks to them (lb, the backends, the test clients, curl or the client's polling
+//! of the admin API) is started with `ip netns exec`, and the clients refuse to run in the
+//! namespace of PID 1 or in that of the test process. The
 //! veths and the bridge are created inside the namespaces (`ip -n`), never in the root one, so
 //! deleting the namespaces removes all of it, firewall tables included.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -49,6 +50,23 @@ pub fn ready(test: &str, need_firewall: bool) -> bool {
         (need_firewall && firewall_tool().is_none())
             .then(|| "neither `nft` (nftables) nor `iptables` is installed".to_string())
     });
+    skip_unless_ready(test, reason)
+}
+
+/// `ready` for a test that also runs `tools` (each must answer `TOOL --version`), e.g. `curl`
+/// for an admin API inside a namespace or `sysctl` for a namespace's settings.
+pub fn ready_with_tools(test: &str, tools: &[&str]) -> bool {
+    let reason = unavailable_reason().or_else(|| {
+        tools
+            .iter()
+            .find(|t| run(Command::new(t).arg("--version")).is_err())
+            .map(|t| format!("`{t}` is not installed"))
+    });
+    skip_unless_ready(test, reason)
+}
+
+/// True when `reason` is None; otherwise the skip (or, under `LB_REQUIRE_NETNS=1`, the panic).
+fn skip_unless_ready(test: &str, reason: Option<String>) -> bool {
     let Some(reason) = reason else {
         return true;
     };
@@ -237,11 +255,45 @@ pub struct NsProc {
     pub child: Child,
     pub stdout: Lines,
     pub stderr: Lines,
+    /// The child's stdin, for programs started with `spawn_interactive`.
+    stdin: Option<ChildStdin>,
     stopped: bool,
 }
 
 impl NsProc {
+    /// Starts `program` in `ns` with stdin from /dev/null.
     pub fn spawn(ns: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> NsProc {
+        Self::start(ns, program, args, envs, false)
+    }
+
+    /// Starts `program` in `ns` with a pipe to its stdin, for `send_line`.
+    pub fn spawn_interactive(
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> NsProc {
+        Self::start(ns, program, args, envs, true)
+    }
+
+    /// Writes `line` and a newline to the child's stdin (`spawn_interactive` only).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was not started with a stdin pipe", self.what));
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("write {line:?} to {}: {e}", self.what));
+    }
+
+    fn start(
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        interactive: bool,
+    ) -> NsProc {
         let what = format!(
             "{} in {ns}",
             program.file_name().unwrap_or_default().to_string_lossy()
@@ -250,7 +302,11 @@ impl NsProc {
         cmd.args(["netns", "exec", ns])
             .arg(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if interactive {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
@@ -274,11 +330,13 @@ impl NsProc {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
         let stdout = Lines::pump(child.stdout.take().unwrap());
         let stderr = Lines::pump(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
         NsProc {
             what,
             child,
             stdout,
             stderr,
+            stdin,
             stopped: false,
         }
     }
@@ -349,6 +407,66 @@ impl Drop for NsProc {
 // ---------------------------------------------------------------------------------------------
 // Topology
 
+/// The network namespaces one test created, deleted when this is dropped (with the veths,
+/// bridges, routes and firewall tables inside them), also when the test panics.
+#[derive(Default)]
+pub struct Namespaces {
+    created: Vec<String>,
+}
+
+impl Namespaces {
+    /// Creates namespace `name` with its loopback up.
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.created.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // A namespace whose last process is gone disappears with its name; one that still has a
+        // process (killed later) disappears when that process exits.
+        for ns in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("netns cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Runs a short command inside `ns` (with `stdin` fed to it if given); its stdout. Panics with
+/// the command's stderr if it fails.
+pub fn exec_in(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `lbt-<pid>-<tag>-lb` with a bridge `br0` (10.251.S.1/24) and `lbt-<pid>-<tag>-b<i>` with `eth0`
 /// (10.251.S.(10+i)/24), one veth pair each (`vb<i>` on the bridge side). Every namespace is
 /// deleted when this is dropped (with the veths, the bridge and any firewall table in them).
@@ -357,7 +475,7 @@ pub struct Topology {
     pub prefix: String,
     pub subnet: u8,
     pub backends: usize,
-    created: Vec<String>,
+    ns: Namespaces,
 }
 
 impl Topology {
@@ -366,22 +484,16 @@ impl Topology {
             prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
             subnet,
             backends,
-            created: Vec::new(),
+            ns: Namespaces::default(),
         };
         t.build()
             .unwrap_or_else(|e| panic!("netns setup for {tag}: {e}"));
         t
     }
 
-    fn add_ns(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.created.push(name.to_string());
-        ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
-    }
-
     fn build(&mut self) -> Result<(), String> {
         let lb = self.lb_ns();
-        self.add_ns(&lb)?;
+        self.ns.add(&lb)?;
         let bridge_addr = format!("{}/24", self.lb_ip());
         for args in [
             &["link", "add", "br0", "type", "bridge"][..],
@@ -392,7 +504,7 @@ impl Topology {
         }
         for i in 1..=self.backends {
             let ns = self.backend_ns(i);
-            self.add_ns(&ns)?;
+            self.ns.add(&ns)?;
             let veth = format!("vb{i}");
             let addr = format!("{}/24", self.backend_ip(i));
             // Both ends are created inside namespaces: nothing ever appears in the root one.
@@ -426,33 +538,7 @@ impl Topology {
 
     /// Runs a short command inside `ns` (with `stdin` fed to it if given); its stdout.
     pub fn exec(&self, ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> String {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program])
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        exec_in(ns, program, args, stdin)
     }
 
     /// A firewall rule inside `ns` on input to TCP `port`: `reset = false` drops the packets,
@@ -481,18 +567,6 @@ impl Topology {
                 self.exec(ns, "iptables", &args, None);
             }
             None => panic!("no firewall tool (nft or iptables)"),
-        }
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // A namespace whose last process is gone disappears with its name; one that still has a
-        // process (killed later) disappears when that process exits.
-        for ns in self.created.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("netns cleanup: {e}");
-            }
         }
     }
 }
@@ -567,7 +641,7 @@ pub fn own_netns() -> String {
 
 /// True unless this process is certainly in another network namespace than the test process that
 /// started it (which runs in the root one) and than PID 1 (when that one is readable).
-fn maybe_in_root_netns() -> bool {
+pub fn maybe_in_root_netns() -> bool {
     let me = own_netns();
     let parent = std::env::var(PARENT_NETNS_ENV).unwrap_or_default();
     let init = std::fs::read_link("/proc/1/ns/net")
@@ -680,7 +754,7 @@ fn backend_states(admin: SocketAddr) -> Result<String, String> {
     Ok(states.join(","))
 }
 
-fn error_kind(e: &std::io::Error) -> &'static str {
+pub fn error_kind(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;
     match e.kind() {
         ConnectionRefused => "connect_refused",
@@ -692,21 +766,36 @@ fn error_kind(e: &std::io::Error) -> &'static str {
 
 /// One `GET /` on a new connection; the `X-Server-Id` of a 200 answer, or (kind, detail).
 fn request(target: SocketAddr, deadline: Instant) -> Result<String, (&'static str, String)> {
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let io = |e: std::io::Error| (error_kind(&e), e.to_string());
+    let left = deadline.saturating_duration_since(Instant::now());
     let mut s =
-        TcpStream::connect_timeout(&target, left().max(Duration::from_millis(1))).map_err(|e| {
+        TcpStream::connect_timeout(&target, left.max(Duration::from_millis(1))).map_err(|e| {
             match error_kind(&e) {
                 "connect_refused" => ("connect_refused", e.to_string()),
                 "timeout" => ("timeout", e.to_string()),
                 _ => ("connect_other", e.to_string()),
             }
         })?;
+    // On return the stream is dropped, closing first (the TIME_WAIT stays in this namespace).
+    http_get(&mut s, true, deadline)
+}
+
+/// One `GET /` on an open connection (`Connection: close` if `close`, else keep-alive), reading
+/// exactly one response: the `X-Server-Id` of a 200 answer, or (kind, detail).
+pub fn http_get(
+    s: &mut TcpStream,
+    close: bool,
+    deadline: Instant,
+) -> Result<String, (&'static str, String)> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let io = |e: std::io::Error| (error_kind(&e), e.to_string());
     s.set_nodelay(true).map_err(io)?;
     s.set_write_timeout(Some(left().max(Duration::from_millis(1))))
         .map_err(io)?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-        .map_err(io)?;
+    let connection = if close { "close" } else { "keep-alive" };
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: lb\r\nConnection: {connection}\r\n\r\n").as_bytes(),
+    )
+    .map_err(io)?;
     let mut resp = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -732,8 +821,6 @@ fn request(target: SocketAddr, deadline: Instant) -> Result<String, (&'static st
         if resp.len() < head_end + 4 + len {
             continue;
         }
-        // Complete: close first (the TIME_WAIT stays here, in this namespace).
-        drop(s);
         if !head.starts_with("http/1.1 200") {
             let status = head.lines().next().unwrap_or("").to_string();
             return Err(("status", status));
