@@ -1,6 +1,8 @@
 //! Network namespaces for multi-host tests. `Topology`: one `lb` host and N backend hosts, each
 //! its own namespace, joined by veth pairs on a bridge that lives inside the lb namespace
-//! (`10.251.S.1/24` on the bridge, backend i at `10.251.S.(10+i)/24`).
+//! (`10.251.S.1/24` on the bridge, backend i at `10.251.S.(10+i)/24`). `EcmpTopology`: a client
+//! host, a multipath router, several lb hosts sharing one virtual IP and the backend hosts
+//! (10.252.0.0/16).
 //!
 //! Safety rule: no code in the root namespace ever opens a socket to these addresses. Every
 //! program that talks to them (lb, the backends, the test clients, curl or the client's polling
@@ -568,6 +570,310 @@ impl Topology {
             }
             None => panic!("no firewall tool (nft or iptables)"),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scaling out: lb instances behind a multipath router
+
+/// How the router spreads the flows to the virtual IP over the lb instances (both hash the L4
+/// tuple: `net.ipv4.fib_multipath_hash_policy = 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multipath {
+    /// A resilient nexthop group, `ip nexthop add id 100 group 1/2/3 type resilient buckets 64`,
+    /// routed with `ip route add VIP/32 nhid 100`: flows hash to 64 buckets, each bucket names
+    /// a next hop, and when a next hop leaves only its own buckets are given to the others.
+    Resilient,
+    /// A plain multipath route, `ip route add VIP/32 nexthop via A nexthop via B nexthop via C`
+    /// (hash-threshold): each next hop owns a range of the hash space, and when one leaves the
+    /// ranges of the others shift too, so some of their flows land on another instance.
+    HashThreshold,
+}
+
+/// The resilient group's id in the router namespace (the next hops are ids 1..=instances).
+const NH_GROUP: u32 = 100;
+const NH_BUCKETS: u32 = 64;
+
+/// Several lb instances behind a router, as Maglev and Katran deploy them:
+///
+/// ```text
+///   <p>-client                <p>-router                       <p>-lb<i>  (i = 1..instances)
+///   eth0 10.252.0.2/24 ------ vc 10.252.0.1/24                eth0 10.252.1.(10+i)/24
+///   clients 10.252.0.101..    br0 10.252.1.1/24 --- vl<i> --- lo   10.252.100.1/32 (the VIP)
+///   default via 10.252.0.1    |                               default via 10.252.1.1 advmss M(i)
+///                             +-------------------- vb<j> --- <p>-b<j>  (j = 1..backends)
+///                             VIP/32 over lb1..lbN              eth0 10.252.1.(20+j)/24
+///                             (`Multipath`, L4 hash)
+/// ```
+///
+/// Every lb instance holds the virtual IP on its loopback and listens on it; it reaches the
+/// backends on the shared segment and answers clients through the router. Its route back to the
+/// clients advertises its own TCP MSS (`advmss`), so a client can tell from a connection's MSS
+/// which instance accepted it. As with `Topology`, every link is created inside the namespaces
+/// and all of it goes when this is dropped.
+pub struct EcmpTopology {
+    pub prefix: String,
+    pub instances: usize,
+    pub backends: usize,
+    pub clients: usize,
+    pub multipath: Multipath,
+    /// Instances whose next hop is in the route.
+    live: Vec<usize>,
+    ns: Namespaces,
+}
+
+impl EcmpTopology {
+    pub fn new(
+        tag: &str,
+        instances: usize,
+        backends: usize,
+        clients: usize,
+        multipath: Multipath,
+    ) -> EcmpTopology {
+        assert!(instances <= 9 && backends <= 9 && clients <= 150);
+        let mut t = EcmpTopology {
+            prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
+            instances,
+            backends,
+            clients,
+            multipath,
+            live: (1..=instances).collect(),
+            ns: Namespaces::default(),
+        };
+        t.build()
+            .unwrap_or_else(|e| panic!("netns setup for {tag}: {e}"));
+        t
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let (client, router) = (self.client_ns(), self.router_ns());
+        let lbs: Vec<String> = (1..=self.instances).map(|i| self.lb_ns(i)).collect();
+        let backends: Vec<String> = (1..=self.backends).map(|j| self.backend_ns(j)).collect();
+        for ns in [&client, &router].into_iter().chain(&lbs).chain(&backends) {
+            self.ns.add(ns)?;
+        }
+        // The router: a link to the client, a bridge for the lb instances and the backends.
+        let mut cmds = vec![
+            "link add br0 type bridge".to_string(),
+            "addr add 10.252.1.1/24 dev br0".into(),
+            "link set br0 up".into(),
+            format!("link add vc type veth peer name eth0 netns {client}"),
+            "addr add 10.252.0.1/24 dev vc".into(),
+            "link set vc up".into(),
+        ];
+        let ports = lbs
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| (format!("vl{}", i + 1), ns))
+            .chain(
+                backends
+                    .iter()
+                    .enumerate()
+                    .map(|(j, ns)| (format!("vb{}", j + 1), ns)),
+            );
+        for (port, ns) in ports {
+            cmds.push(format!(
+                "link add {port} type veth peer name eth0 netns {ns}"
+            ));
+            cmds.push(format!("link set {port} master br0"));
+            cmds.push(format!("link set {port} up"));
+        }
+        ip_batch(&router, &cmds)?;
+        run(Command::new("ip")
+            .args(["netns", "exec", &router, "sysctl", "-qw"])
+            .args([
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.fib_multipath_hash_policy=1",
+            ]))?;
+
+        let mut cmds = vec!["addr add 10.252.0.2/24 dev eth0".to_string()];
+        cmds.extend(
+            self.client_ips()
+                .iter()
+                .map(|a| format!("addr add {a}/24 dev eth0")),
+        );
+        cmds.push("link set eth0 up".into());
+        cmds.push("route add default via 10.252.0.1".into());
+        ip_batch(&client, &cmds)?;
+
+        for (i, ns) in (1..=self.instances).zip(&lbs) {
+            ip_batch(
+                ns,
+                &[
+                    format!("addr add {}/24 dev eth0", self.lb_ip(i)),
+                    "link set eth0 up".into(),
+                    format!("addr add {}/32 dev lo", self.vip()),
+                    format!("route add default via 10.252.1.1 advmss {}", advmss(i)),
+                ],
+            )?;
+        }
+        for (j, ns) in (1..=self.backends).zip(&backends) {
+            ip_batch(
+                ns,
+                &[
+                    format!("addr add {}/24 dev eth0", self.backend_ip(j)),
+                    "link set eth0 up".into(),
+                ],
+            )?;
+        }
+
+        let mut cmds = Vec::new();
+        match self.multipath {
+            Multipath::Resilient => {
+                for i in 1..=self.instances {
+                    cmds.push(format!("nexthop add id {i} via {} dev br0", self.lb_ip(i)));
+                }
+                cmds.push(self.group_cmd("add"));
+                cmds.push(format!("route add {}/32 nhid {NH_GROUP}", self.vip()));
+            }
+            Multipath::HashThreshold => cmds.push(self.multipath_route_cmd("add")),
+        }
+        ip_batch(&router, &cmds)
+    }
+
+    fn group_cmd(&self, verb: &str) -> String {
+        let members: Vec<String> = self.live.iter().map(|i| i.to_string()).collect();
+        format!(
+            "nexthop {verb} id {NH_GROUP} group {} type resilient buckets {NH_BUCKETS}",
+            members.join("/")
+        )
+    }
+
+    fn multipath_route_cmd(&self, verb: &str) -> String {
+        let hops: String = self
+            .live
+            .iter()
+            .map(|&i| format!(" nexthop via {} dev br0", self.lb_ip(i)))
+            .collect();
+        format!("route {verb} {}/32{hops}", self.vip())
+    }
+
+    /// Takes instance `i`'s next hop out of the route, as a router does when BGP or its health
+    /// checks withdraw the instance: new flows no longer reach it.
+    pub fn withdraw(&mut self, i: usize) {
+        self.live.retain(|&x| x != i);
+        let cmd = match self.multipath {
+            Multipath::Resilient => self.group_cmd("replace"),
+            Multipath::HashThreshold => self.multipath_route_cmd("replace"),
+        };
+        ip_batch(&self.router_ns(), &[cmd]).unwrap_or_else(|e| panic!("withdraw lb{i}: {e}"));
+    }
+
+    /// For a resilient group: the instance each bucket sends its flows to, by bucket index.
+    pub fn buckets(&self) -> Option<Vec<usize>> {
+        if self.multipath != Multipath::Resilient {
+            return None;
+        }
+        let out = exec_in(
+            &self.router_ns(),
+            "ip",
+            &["nexthop", "bucket", "show", "id", &NH_GROUP.to_string()],
+            None,
+        );
+        let mut by_index = vec![0; NH_BUCKETS as usize];
+        for line in out.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let field = |k: &str| {
+                w.iter()
+                    .position(|x| *x == k)
+                    .and_then(|p| w.get(p + 1)?.parse::<usize>().ok())
+            };
+            if let (Some(index), Some(nh)) = (field("index"), field("nhid")) {
+                by_index[index] = nh;
+            }
+        }
+        Some(by_index)
+    }
+
+    /// `ip route show VIP` in the router, for logs.
+    pub fn route_text(&self) -> String {
+        exec_in(
+            &self.router_ns(),
+            "ip",
+            &["route", "show", &format!("{}/32", self.vip())],
+            None,
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+
+    pub fn client_ns(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+
+    pub fn router_ns(&self) -> String {
+        format!("{}-router", self.prefix)
+    }
+
+    pub fn lb_ns(&self, i: usize) -> String {
+        format!("{}-lb{i}", self.prefix)
+    }
+
+    pub fn backend_ns(&self, j: usize) -> String {
+        format!("{}-b{j}", self.prefix)
+    }
+
+    /// The virtual IP every instance serves.
+    pub fn vip(&self) -> &'static str {
+        "10.252.100.1"
+    }
+
+    pub fn lb_ip(&self, i: usize) -> String {
+        format!("10.252.1.{}", 10 + i)
+    }
+
+    pub fn backend_ip(&self, j: usize) -> String {
+        format!("10.252.1.{}", 20 + j)
+    }
+
+    /// The clients' source addresses, all on the client namespace's `eth0`.
+    pub fn client_ips(&self) -> Vec<String> {
+        (1..=self.clients)
+            .map(|k| format!("10.252.0.{}", 100 + k))
+            .collect()
+    }
+}
+
+/// The MSS that instance `i` advertises to clients (its route's `advmss`): 1200, 1300, ...
+/// A client reads its connection's MSS with `TCP_MAXSEG`, that value less the TCP options
+/// (12 bytes with timestamps), and finds the instance with `instance_of_mss`.
+pub fn advmss(i: usize) -> u16 {
+    1100 + 100 * i as u16
+}
+
+/// The instance whose `advmss` produced a connection's `TCP_MAXSEG` value, if any.
+pub fn instance_of_mss(mss: u16, instances: usize) -> Option<usize> {
+    (1..=instances).find(|&i| (0..60).contains(&(advmss(i) as i32 - mss as i32)))
+}
+
+/// Runs `ip -n NS -batch -` with `cmds`, one command a line.
+fn ip_batch(ns: &str, cmds: &[String]) -> Result<(), String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut script = cmds.join("\n");
+    script.push('\n');
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip -n {ns} -batch: {}: {} (commands: {cmds:?})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
