@@ -46,6 +46,10 @@ const ADMIN: &str = "127.0.0.1:9900";
 /// hashes each connection's source port: with three instances the chance of missing one in 40
 /// tries is 3 x (2/3)^40, about 3e-7).
 const MAX_TRIES: usize = 40;
+/// New connections each client opens at least, so that round robin (whose choice depends on
+/// what every other client did) puts one client on a single backend by chance with probability
+/// about (1/3)^(6-1) = 0.4%: at most 5 of 50 such clients is then a bound that holds.
+const MIN_TRIES: usize = 6;
 /// Connections each client holds open through the kill (150 in all, about 50 per instance).
 const HELD_PER_CLIENT: usize = 3;
 /// The instance killed: the first next hop, whose withdrawal makes a hash-threshold route shift
@@ -101,8 +105,9 @@ struct Rec {
 /// It reads commands from stdin, `<id> <command> <args>`, and answers each with one line per
 /// connection, `<id> NEW|HELD|REUSE <client> <instance> ok <server>` or
 /// `<id> ... <client> <instance> err <kind> <detail>`, then `<id> END`:
-/// - `new WANT MAX`: each client, in parallel, opens new connections (one request each,
-///   `Connection: close`) until WANT distinct instances have accepted one, at most MAX;
+/// - `new WANT MIN MAX`: each client, in parallel, opens new connections (one request each,
+///   `Connection: close`) until WANT distinct instances have accepted one and it has opened at
+///   least MIN, at most MAX;
 /// - `hold K`: each client opens K connections and sends one keep-alive request on each;
 /// - `reuse`: a second request (`Connection: close`) on each held connection.
 #[test]
@@ -138,12 +143,13 @@ fn ecmp_client() {
         let (id, cmd) = (w[0], w[1]);
         match cmd {
             "new" => {
-                let (want, max): (usize, usize) = (w[2].parse().unwrap(), w[3].parse().unwrap());
+                let [want, min, max]: [usize; 3] =
+                    std::array::from_fn(|k| w[2 + k].parse().unwrap());
                 std::thread::scope(|s| {
                     for (c, &ip) in clients.iter().enumerate() {
                         s.spawn(move || {
                             let mut seen = BTreeSet::new();
-                            for _ in 0..max {
+                            for n in 1..=max {
                                 let (instance, result) = match connect(ip, vip, instances) {
                                     Ok((mut stream, instance)) => {
                                         let r = netns::http_get(&mut stream, true, deadline());
@@ -155,7 +161,7 @@ fn ecmp_client() {
                                 if instance != 0 {
                                     seen.insert(instance);
                                 }
-                                if seen.len() >= want {
+                                if seen.len() >= want && n >= min {
                                     break;
                                 }
                             }
@@ -326,9 +332,9 @@ impl Client {
             .collect()
     }
 
-    /// New connections until each client has reached `want` instances.
+    /// New connections until each client has reached `want` instances and opened `MIN_TRIES`.
     fn new_connections(&mut self, want: usize) -> Vec<Rec> {
-        self.run(&format!("new {want} {MAX_TRIES}"))
+        self.run(&format!("new {want} {MIN_TRIES} {MAX_TRIES}"))
     }
 }
 
