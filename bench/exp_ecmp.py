@@ -22,7 +22,7 @@ Variants: maglev, consistent_hash and round_robin behind a resilient nexthop gro
 multipath route (`ip route add VIP nexthop via A nexthop via B nexthop via C`, hash-threshold).
 Measured: errors and connections per backend per 100 ms, which open connections failed at the
 kill (on the killed instance or on a survivor), and which clients moved to another backend at
-the kill and at the removal. Needs root, iproute2, sysctl and curl. All traffic stays inside
+the kill and at the removal. Needs root, iproute2 and curl. All traffic stays inside
 the namespaces, which are removed afterwards, also when the run fails or is interrupted.
 """
 
@@ -174,8 +174,9 @@ class Topology:
             cmds += [f"link add {port} type veth peer name eth0 netns {n}", f"link set {port} master br0",
                      f"link set {port} up"]
         ip_batch(router, cmds)
-        sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-           "net.ipv4.fib_multipath_hash_policy=1")
+        # /proc/sys/net is the namespace's own for a process inside it (no sysctl needed).
+        sh("ip", "netns", "exec", router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && "
+           "echo 1 > /proc/sys/net/ipv4/fib_multipath_hash_policy")
         ip_batch(client, ["addr add 10.252.0.2/24 dev eth0"] + [f"addr add {a}/24 dev eth0" for a in client_ips()]
                  + ["link set eth0 up", "route add default via 10.252.0.1"])
         for i, n in enumerate(lbs, 1):

@@ -19,7 +19,7 @@
 //! The client (this test binary re-executed inside the client namespace, see `ecmp_client`) binds
 //! each of the 50 source addresses and reads from each connection's MSS which instance accepted
 //! it (each instance's route back advertises its own). The harness checks that attribution
-//! against every instance's accepted-connection counter. Needs root, `ip`, `sysctl` and `curl`
+//! against every instance's accepted-connection counter. Needs root, `ip` and `curl`
 //! (lb's admin API is reached from inside each instance's namespace); otherwise the tests print
 //! `SKIPPED netns tests: <reason>` and pass, unless `LB_REQUIRE_NETNS=1`.
 
@@ -625,7 +625,7 @@ fn remove_and_restore(
 
 fn scenario(alg: Algorithm, multipath: Multipath) {
     let name = format!("ecmp {} {multipath:?}", alg.name());
-    if !netns::ready_with_tools(&name, &["curl", "sysctl"]) {
+    if !netns::ready_with_tools(&name, &["curl"]) {
         return;
     }
     let started = Instant::now();

@@ -56,7 +56,7 @@ pub fn ready(test: &str, need_firewall: bool) -> bool {
 }
 
 /// `ready` for a test that also runs `tools` (each must answer `TOOL --version`), e.g. `curl`
-/// for an admin API inside a namespace or `sysctl` for a namespace's settings.
+/// for an admin API inside a namespace.
 pub fn ready_with_tools(test: &str, tools: &[&str]) -> bool {
     let reason = unavailable_reason().or_else(|| {
         tools
@@ -679,12 +679,10 @@ impl EcmpTopology {
             cmds.push(format!("link set {port} up"));
         }
         ip_batch(&router, &cmds)?;
-        run(Command::new("ip")
-            .args(["netns", "exec", &router, "sysctl", "-qw"])
-            .args([
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.fib_multipath_hash_policy=1",
-            ]))?;
+        // /proc/sys/net is the namespace's own for a process inside it (no `sysctl` needed).
+        let settings = "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+                        echo 1 > /proc/sys/net/ipv4/fib_multipath_hash_policy";
+        run(Command::new("ip").args(["netns", "exec", &router, "sh", "-c", settings]))?;
 
         let mut cmds = vec!["addr add 10.252.0.2/24 dev eth0".to_string()];
         cmds.extend(
