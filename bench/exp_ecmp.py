@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -749,17 +750,23 @@ def run(args):
     remove_stale_namespaces()
     # SIGTERM ends the run like Ctrl-C does, through the finally blocks that remove the namespaces.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # lb's configs and logs; kept when a variant fails, for the post-mortem.
     tmp = Path(tempfile.mkdtemp(prefix="lb-ecmp-"))
     results = []
-    for name, algorithm, multipath in VARIANTS:
-        if name not in names:
-            continue
-        log(f"ECMP {name}")
-        v = run_variant(name, algorithm, multipath, args, tmp)
-        log(f"  open connections failed: {v['held_failed_on_killed']} on lb1, {v['held_failed_on_survivors']} on "
-            f"survivors; clients moved by the kill {v['clients_moved_by_kill']}, by the removal "
-            f"{v['clients_moved_by_removal']}")
-        results.append(v)
+    try:
+        for name, algorithm, multipath in VARIANTS:
+            if name not in names:
+                continue
+            log(f"ECMP {name}")
+            v = run_variant(name, algorithm, multipath, args, tmp)
+            log(f"  open connections failed: {v['held_failed_on_killed']} on lb1, {v['held_failed_on_survivors']} "
+                f"on survivors; clients moved by the kill {v['clients_moved_by_kill']}, by the removal "
+                f"{v['clients_moved_by_removal']}")
+            results.append(v)
+    except BaseException:
+        log(f"lb configs and logs kept in {tmp}")
+        raise
+    shutil.rmtree(tmp)
     params = {k: getattr(args, k) for k in DEFAULTS}
     rerun = "python3 bench/experiments.py ecmp" + "".join(
         f" --{k.replace('_', '-')} {getattr(args, k):g}" for k in DEFAULTS if getattr(args, k) != DEFAULTS[k])
