@@ -6,7 +6,8 @@
   A-2 scaling:      2..6 backends, 10,000 new-connection requests each, for a subset of the
       algorithms: how even is the load per backend (stdev as % of the mean), and the throughput.
 
-  A-3 failover, A-4 hashing, sticky sessions and saturation live in bench/exp_*.py.
+  A-3 failover, A-4 hashing, sticky sessions, saturation and ECMP (lb instances behind a
+  multipath router, in network namespaces) live in bench/exp_*.py.
 
 Usage:  python3 bench/experiments.py [--build] EXPERIMENT [options]    (EXPERIMENT --help for its options)
 Each writes bench-results/<experiment>/ (JSON, CSV, SVG, summary.md).
@@ -305,6 +306,7 @@ MODULES = {
     "a4": "exp_hashing",
     "sticky": "exp_sticky",
     "saturation": "exp_saturation",
+    "ecmp": "exp_ecmp",
 }
 
 

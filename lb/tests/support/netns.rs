@@ -1,17 +1,20 @@
-//! Network namespaces for multi-host fault tests: one `lb` host and N backend hosts, each its own
-//! namespace, joined by veth pairs on a bridge that lives inside the lb namespace
-//! (`10.251.S.1/24` on the bridge, backend i at `10.251.S.(10+i)/24`).
+//! Network namespaces for multi-host tests. `Topology`: one `lb` host and N backend hosts, each
+//! its own namespace, joined by veth pairs on a bridge that lives inside the lb namespace
+//! (`10.251.S.1/24` on the bridge, backend i at `10.251.S.(10+i)/24`). `EcmpTopology`: a client
+//! host, a multipath router, several lb hosts sharing one virtual IP and the backend hosts
+//! (10.252.0.0/16).
 //!
 //! Safety rule: no code in the root namespace ever opens a socket to these addresses. Every
-//! program that talks to them (lb, the backends, the test client and its admin API polling) is
-//! started with `ip netns exec`, and the client refuses to run in the namespace of PID 1. The
+//! program that talks to them (lb, the backends, the test clients, curl or the client's polling
+//! of the admin API) is started with `ip netns exec`, and the clients refuse to run in the
+//! namespace of PID 1 or in that of the test process. The
 //! veths and the bridge are created inside the namespaces (`ip -n`), never in the root one, so
 //! deleting the namespaces removes all of it, firewall tables included.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -49,6 +52,23 @@ pub fn ready(test: &str, need_firewall: bool) -> bool {
         (need_firewall && firewall_tool().is_none())
             .then(|| "neither `nft` (nftables) nor `iptables` is installed".to_string())
     });
+    skip_unless_ready(test, reason)
+}
+
+/// `ready` for a test that also runs `tools` (each must answer `TOOL --version`), e.g. `curl`
+/// for an admin API inside a namespace.
+pub fn ready_with_tools(test: &str, tools: &[&str]) -> bool {
+    let reason = unavailable_reason().or_else(|| {
+        tools
+            .iter()
+            .find(|t| run(Command::new(t).arg("--version")).is_err())
+            .map(|t| format!("`{t}` is not installed"))
+    });
+    skip_unless_ready(test, reason)
+}
+
+/// True when `reason` is None; otherwise the skip (or, under `LB_REQUIRE_NETNS=1`, the panic).
+fn skip_unless_ready(test: &str, reason: Option<String>) -> bool {
     let Some(reason) = reason else {
         return true;
     };
@@ -237,11 +257,45 @@ pub struct NsProc {
     pub child: Child,
     pub stdout: Lines,
     pub stderr: Lines,
+    /// The child's stdin, for programs started with `spawn_interactive`.
+    stdin: Option<ChildStdin>,
     stopped: bool,
 }
 
 impl NsProc {
+    /// Starts `program` in `ns` with stdin from /dev/null.
     pub fn spawn(ns: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> NsProc {
+        Self::start(ns, program, args, envs, false)
+    }
+
+    /// Starts `program` in `ns` with a pipe to its stdin, for `send_line`.
+    pub fn spawn_interactive(
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> NsProc {
+        Self::start(ns, program, args, envs, true)
+    }
+
+    /// Writes `line` and a newline to the child's stdin (`spawn_interactive` only).
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} was not started with a stdin pipe", self.what));
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("write {line:?} to {}: {e}", self.what));
+    }
+
+    fn start(
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        interactive: bool,
+    ) -> NsProc {
         let what = format!(
             "{} in {ns}",
             program.file_name().unwrap_or_default().to_string_lossy()
@@ -250,7 +304,11 @@ impl NsProc {
         cmd.args(["netns", "exec", ns])
             .arg(program)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(if interactive {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in envs {
@@ -274,11 +332,13 @@ impl NsProc {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
         let stdout = Lines::pump(child.stdout.take().unwrap());
         let stderr = Lines::pump(child.stderr.take().unwrap());
+        let stdin = child.stdin.take();
         NsProc {
             what,
             child,
             stdout,
             stderr,
+            stdin,
             stopped: false,
         }
     }
@@ -349,6 +409,66 @@ impl Drop for NsProc {
 // ---------------------------------------------------------------------------------------------
 // Topology
 
+/// The network namespaces one test created, deleted when this is dropped (with the veths,
+/// bridges, routes and firewall tables inside them), also when the test panics.
+#[derive(Default)]
+pub struct Namespaces {
+    created: Vec<String>,
+}
+
+impl Namespaces {
+    /// Creates namespace `name` with its loopback up.
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.created.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // A namespace whose last process is gone disappears with its name; one that still has a
+        // process (killed later) disappears when that process exits.
+        for ns in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("netns cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Runs a short command inside `ns` (with `stdin` fed to it if given); its stdout. Panics with
+/// the command's stderr if it fails.
+pub fn exec_in(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `lbt-<pid>-<tag>-lb` with a bridge `br0` (10.251.S.1/24) and `lbt-<pid>-<tag>-b<i>` with `eth0`
 /// (10.251.S.(10+i)/24), one veth pair each (`vb<i>` on the bridge side). Every namespace is
 /// deleted when this is dropped (with the veths, the bridge and any firewall table in them).
@@ -357,7 +477,7 @@ pub struct Topology {
     pub prefix: String,
     pub subnet: u8,
     pub backends: usize,
-    created: Vec<String>,
+    ns: Namespaces,
 }
 
 impl Topology {
@@ -366,22 +486,16 @@ impl Topology {
             prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
             subnet,
             backends,
-            created: Vec::new(),
+            ns: Namespaces::default(),
         };
         t.build()
             .unwrap_or_else(|e| panic!("netns setup for {tag}: {e}"));
         t
     }
 
-    fn add_ns(&mut self, name: &str) -> Result<(), String> {
-        ip(&["netns", "add", name])?;
-        self.created.push(name.to_string());
-        ip(&["-n", name, "link", "set", "lo", "up"]).map(drop)
-    }
-
     fn build(&mut self) -> Result<(), String> {
         let lb = self.lb_ns();
-        self.add_ns(&lb)?;
+        self.ns.add(&lb)?;
         let bridge_addr = format!("{}/24", self.lb_ip());
         for args in [
             &["link", "add", "br0", "type", "bridge"][..],
@@ -392,7 +506,7 @@ impl Topology {
         }
         for i in 1..=self.backends {
             let ns = self.backend_ns(i);
-            self.add_ns(&ns)?;
+            self.ns.add(&ns)?;
             let veth = format!("vb{i}");
             let addr = format!("{}/24", self.backend_ip(i));
             // Both ends are created inside namespaces: nothing ever appears in the root one.
@@ -426,33 +540,7 @@ impl Topology {
 
     /// Runs a short command inside `ns` (with `stdin` fed to it if given); its stdout.
     pub fn exec(&self, ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> String {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program])
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        exec_in(ns, program, args, stdin)
     }
 
     /// A firewall rule inside `ns` on input to TCP `port`: `reset = false` drops the packets,
@@ -485,15 +573,305 @@ impl Topology {
     }
 }
 
-impl Drop for Topology {
-    fn drop(&mut self) {
-        // A namespace whose last process is gone disappears with its name; one that still has a
-        // process (killed later) disappears when that process exits.
-        for ns in self.created.iter().rev() {
-            if let Err(e) = ip(&["netns", "del", ns]) {
-                eprintln!("netns cleanup: {e}");
+// ---------------------------------------------------------------------------------------------
+// Scaling out: lb instances behind a multipath router
+
+/// How the router spreads the flows to the virtual IP over the lb instances (both hash the L4
+/// tuple: `net.ipv4.fib_multipath_hash_policy = 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Multipath {
+    /// A resilient nexthop group, `ip nexthop add id 100 group 1/2/3 type resilient buckets 64`,
+    /// routed with `ip route add VIP/32 nhid 100`: flows hash to 64 buckets, each bucket names
+    /// a next hop, and when a next hop leaves only its own buckets are given to the others.
+    Resilient,
+    /// A plain multipath route, `ip route add VIP/32 nexthop via A nexthop via B nexthop via C`
+    /// (hash-threshold): each next hop owns a range of the hash space, and when one leaves the
+    /// ranges of the others shift too, so some of their flows land on another instance.
+    HashThreshold,
+}
+
+/// The resilient group's id in the router namespace (the next hops are ids 1..=instances).
+const NH_GROUP: u32 = 100;
+const NH_BUCKETS: u32 = 64;
+
+/// Several lb instances behind a router, as Maglev and Katran deploy them:
+///
+/// ```text
+///   <p>-client                <p>-router                       <p>-lb<i>  (i = 1..instances)
+///   eth0 10.252.0.2/24 ------ vc 10.252.0.1/24                eth0 10.252.1.(10+i)/24
+///   clients 10.252.0.101..    br0 10.252.1.1/24 --- vl<i> --- lo   10.252.100.1/32 (the VIP)
+///   default via 10.252.0.1    |                               default via 10.252.1.1 advmss M(i)
+///                             +-------------------- vb<j> --- <p>-b<j>  (j = 1..backends)
+///                             VIP/32 over lb1..lbN              eth0 10.252.1.(20+j)/24
+///                             (`Multipath`, L4 hash)
+/// ```
+///
+/// Every lb instance holds the virtual IP on its loopback and listens on it; it reaches the
+/// backends on the shared segment and answers clients through the router. Its route back to the
+/// clients advertises its own TCP MSS (`advmss`), so a client can tell from a connection's MSS
+/// which instance accepted it. As with `Topology`, every link is created inside the namespaces
+/// and all of it goes when this is dropped.
+pub struct EcmpTopology {
+    pub prefix: String,
+    pub instances: usize,
+    pub backends: usize,
+    pub clients: usize,
+    pub multipath: Multipath,
+    /// Instances whose next hop is in the route.
+    live: Vec<usize>,
+    ns: Namespaces,
+}
+
+impl EcmpTopology {
+    pub fn new(
+        tag: &str,
+        instances: usize,
+        backends: usize,
+        clients: usize,
+        multipath: Multipath,
+    ) -> EcmpTopology {
+        assert!(instances <= 9 && backends <= 9 && clients <= 150);
+        let mut t = EcmpTopology {
+            prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
+            instances,
+            backends,
+            clients,
+            multipath,
+            live: (1..=instances).collect(),
+            ns: Namespaces::default(),
+        };
+        t.build()
+            .unwrap_or_else(|e| panic!("netns setup for {tag}: {e}"));
+        t
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let (client, router) = (self.client_ns(), self.router_ns());
+        let lbs: Vec<String> = (1..=self.instances).map(|i| self.lb_ns(i)).collect();
+        let backends: Vec<String> = (1..=self.backends).map(|j| self.backend_ns(j)).collect();
+        for ns in [&client, &router].into_iter().chain(&lbs).chain(&backends) {
+            self.ns.add(ns)?;
+        }
+        // The router: a link to the client, a bridge for the lb instances and the backends.
+        let mut cmds = vec![
+            "link add br0 type bridge".to_string(),
+            "addr add 10.252.1.1/24 dev br0".into(),
+            "link set br0 up".into(),
+            format!("link add vc type veth peer name eth0 netns {client}"),
+            "addr add 10.252.0.1/24 dev vc".into(),
+            "link set vc up".into(),
+        ];
+        let ports = lbs
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| (format!("vl{}", i + 1), ns))
+            .chain(
+                backends
+                    .iter()
+                    .enumerate()
+                    .map(|(j, ns)| (format!("vb{}", j + 1), ns)),
+            );
+        for (port, ns) in ports {
+            cmds.push(format!(
+                "link add {port} type veth peer name eth0 netns {ns}"
+            ));
+            cmds.push(format!("link set {port} master br0"));
+            cmds.push(format!("link set {port} up"));
+        }
+        ip_batch(&router, &cmds)?;
+        // /proc/sys/net is the namespace's own for a process inside it (no `sysctl` needed).
+        let settings = "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+                        echo 1 > /proc/sys/net/ipv4/fib_multipath_hash_policy";
+        run(Command::new("ip").args(["netns", "exec", &router, "sh", "-c", settings]))?;
+
+        let mut cmds = vec!["addr add 10.252.0.2/24 dev eth0".to_string()];
+        cmds.extend(
+            self.client_ips()
+                .iter()
+                .map(|a| format!("addr add {a}/24 dev eth0")),
+        );
+        cmds.push("link set eth0 up".into());
+        cmds.push("route add default via 10.252.0.1".into());
+        ip_batch(&client, &cmds)?;
+
+        for (i, ns) in (1..=self.instances).zip(&lbs) {
+            ip_batch(
+                ns,
+                &[
+                    format!("addr add {}/24 dev eth0", self.lb_ip(i)),
+                    "link set eth0 up".into(),
+                    format!("addr add {}/32 dev lo", self.vip()),
+                    format!("route add default via 10.252.1.1 advmss {}", advmss(i)),
+                ],
+            )?;
+        }
+        for (j, ns) in (1..=self.backends).zip(&backends) {
+            ip_batch(
+                ns,
+                &[
+                    format!("addr add {}/24 dev eth0", self.backend_ip(j)),
+                    "link set eth0 up".into(),
+                ],
+            )?;
+        }
+
+        let mut cmds = Vec::new();
+        match self.multipath {
+            Multipath::Resilient => {
+                for i in 1..=self.instances {
+                    cmds.push(format!("nexthop add id {i} via {} dev br0", self.lb_ip(i)));
+                }
+                cmds.push(self.group_cmd("add"));
+                cmds.push(format!("route add {}/32 nhid {NH_GROUP}", self.vip()));
+            }
+            Multipath::HashThreshold => cmds.push(self.multipath_route_cmd("add")),
+        }
+        ip_batch(&router, &cmds)
+    }
+
+    fn group_cmd(&self, verb: &str) -> String {
+        let members: Vec<String> = self.live.iter().map(|i| i.to_string()).collect();
+        format!(
+            "nexthop {verb} id {NH_GROUP} group {} type resilient buckets {NH_BUCKETS}",
+            members.join("/")
+        )
+    }
+
+    fn multipath_route_cmd(&self, verb: &str) -> String {
+        let hops: String = self
+            .live
+            .iter()
+            .map(|&i| format!(" nexthop via {} dev br0", self.lb_ip(i)))
+            .collect();
+        format!("route {verb} {}/32{hops}", self.vip())
+    }
+
+    /// Takes instance `i`'s next hop out of the route, as a router does when BGP or its health
+    /// checks withdraw the instance: new flows no longer reach it.
+    pub fn withdraw(&mut self, i: usize) {
+        self.live.retain(|&x| x != i);
+        let cmd = match self.multipath {
+            Multipath::Resilient => self.group_cmd("replace"),
+            Multipath::HashThreshold => self.multipath_route_cmd("replace"),
+        };
+        ip_batch(&self.router_ns(), &[cmd]).unwrap_or_else(|e| panic!("withdraw lb{i}: {e}"));
+    }
+
+    /// For a resilient group: the instance each bucket sends its flows to, by bucket index.
+    pub fn buckets(&self) -> Option<Vec<usize>> {
+        if self.multipath != Multipath::Resilient {
+            return None;
+        }
+        let out = exec_in(
+            &self.router_ns(),
+            "ip",
+            &["nexthop", "bucket", "show", "id", &NH_GROUP.to_string()],
+            None,
+        );
+        let mut by_index = vec![0; NH_BUCKETS as usize];
+        for line in out.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let field = |k: &str| {
+                w.iter()
+                    .position(|x| *x == k)
+                    .and_then(|p| w.get(p + 1)?.parse::<usize>().ok())
+            };
+            if let (Some(index), Some(nh)) = (field("index"), field("nhid")) {
+                by_index[index] = nh;
             }
         }
+        Some(by_index)
+    }
+
+    /// `ip route show VIP` in the router, for logs.
+    pub fn route_text(&self) -> String {
+        exec_in(
+            &self.router_ns(),
+            "ip",
+            &["route", "show", &format!("{}/32", self.vip())],
+            None,
+        )
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+
+    pub fn client_ns(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+
+    pub fn router_ns(&self) -> String {
+        format!("{}-router", self.prefix)
+    }
+
+    pub fn lb_ns(&self, i: usize) -> String {
+        format!("{}-lb{i}", self.prefix)
+    }
+
+    pub fn backend_ns(&self, j: usize) -> String {
+        format!("{}-b{j}", self.prefix)
+    }
+
+    /// The virtual IP every instance serves.
+    pub fn vip(&self) -> &'static str {
+        "10.252.100.1"
+    }
+
+    pub fn lb_ip(&self, i: usize) -> String {
+        format!("10.252.1.{}", 10 + i)
+    }
+
+    pub fn backend_ip(&self, j: usize) -> String {
+        format!("10.252.1.{}", 20 + j)
+    }
+
+    /// The clients' source addresses, all on the client namespace's `eth0`.
+    pub fn client_ips(&self) -> Vec<String> {
+        (1..=self.clients)
+            .map(|k| format!("10.252.0.{}", 100 + k))
+            .collect()
+    }
+}
+
+/// The MSS that instance `i` advertises to clients (its route's `advmss`): 1200, 1300, ...
+/// A client reads its connection's MSS with `TCP_MAXSEG`, that value less the TCP options
+/// (12 bytes with timestamps), and finds the instance with `instance_of_mss`.
+pub fn advmss(i: usize) -> u16 {
+    1100 + 100 * i as u16
+}
+
+/// The instance whose `advmss` produced a connection's `TCP_MAXSEG` value, if any.
+pub fn instance_of_mss(mss: u16, instances: usize) -> Option<usize> {
+    (1..=instances).find(|&i| (0..60).contains(&(advmss(i) as i32 - mss as i32)))
+}
+
+/// Runs `ip -n NS -batch -` with `cmds`, one command a line.
+fn ip_batch(ns: &str, cmds: &[String]) -> Result<(), String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    let mut script = cmds.join("\n");
+    script.push('\n');
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip -n {ns} -batch: {}: {} (commands: {cmds:?})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -567,7 +945,7 @@ pub fn own_netns() -> String {
 
 /// True unless this process is certainly in another network namespace than the test process that
 /// started it (which runs in the root one) and than PID 1 (when that one is readable).
-fn maybe_in_root_netns() -> bool {
+pub fn maybe_in_root_netns() -> bool {
     let me = own_netns();
     let parent = std::env::var(PARENT_NETNS_ENV).unwrap_or_default();
     let init = std::fs::read_link("/proc/1/ns/net")
@@ -680,7 +1058,7 @@ fn backend_states(admin: SocketAddr) -> Result<String, String> {
     Ok(states.join(","))
 }
 
-fn error_kind(e: &std::io::Error) -> &'static str {
+pub fn error_kind(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;
     match e.kind() {
         ConnectionRefused => "connect_refused",
@@ -692,21 +1070,36 @@ fn error_kind(e: &std::io::Error) -> &'static str {
 
 /// One `GET /` on a new connection; the `X-Server-Id` of a 200 answer, or (kind, detail).
 fn request(target: SocketAddr, deadline: Instant) -> Result<String, (&'static str, String)> {
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let io = |e: std::io::Error| (error_kind(&e), e.to_string());
+    let left = deadline.saturating_duration_since(Instant::now());
     let mut s =
-        TcpStream::connect_timeout(&target, left().max(Duration::from_millis(1))).map_err(|e| {
+        TcpStream::connect_timeout(&target, left.max(Duration::from_millis(1))).map_err(|e| {
             match error_kind(&e) {
                 "connect_refused" => ("connect_refused", e.to_string()),
                 "timeout" => ("timeout", e.to_string()),
                 _ => ("connect_other", e.to_string()),
             }
         })?;
+    // On return the stream is dropped, closing first (the TIME_WAIT stays in this namespace).
+    http_get(&mut s, true, deadline)
+}
+
+/// One `GET /` on an open connection (`Connection: close` if `close`, else keep-alive), reading
+/// exactly one response: the `X-Server-Id` of a 200 answer, or (kind, detail).
+pub fn http_get(
+    s: &mut TcpStream,
+    close: bool,
+    deadline: Instant,
+) -> Result<String, (&'static str, String)> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let io = |e: std::io::Error| (error_kind(&e), e.to_string());
     s.set_nodelay(true).map_err(io)?;
     s.set_write_timeout(Some(left().max(Duration::from_millis(1))))
         .map_err(io)?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
-        .map_err(io)?;
+    let connection = if close { "close" } else { "keep-alive" };
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: lb\r\nConnection: {connection}\r\n\r\n").as_bytes(),
+    )
+    .map_err(io)?;
     let mut resp = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -732,8 +1125,6 @@ fn request(target: SocketAddr, deadline: Instant) -> Result<String, (&'static st
         if resp.len() < head_end + 4 + len {
             continue;
         }
-        // Complete: close first (the TIME_WAIT stays here, in this namespace).
-        drop(s);
         if !head.starts_with("http/1.1 200") {
             let status = head.lines().next().unwrap_or("").to_string();
             return Err(("status", status));
