@@ -17,7 +17,8 @@ The first two are the same bytes and packets for every proxy. Their sum bounds w
 reach: the issue's target (1.4x HAProxy's requests per CPU-second) needs lb's whole cost under
 HAProxy's / 1.4, so it is reachable only if lb's TCP buckets alone fit under that line.
 Rounds interleaved (A B C C B A ...); medians with (min-max). perf adds a few percent to every
-proxy's cost alike. Writes bench-results/cost-breakdown/: breakdown.json, breakdown.md.
+proxy's cost alike. Writes breakdown.json and breakdown.md to --out DIR, by default a fresh, git-ignored
+bench-results/runs/cost-breakdown-<time>/ (`--out bench-results/cost-breakdown` replaces the committed ones).
 Usage: bench/cost_breakdown.py [--rounds 5] [--duration 8] [--conns 64,512] [--build]
        bench/cost_breakdown.py --markdown-only   (re-render breakdown.md from breakdown.json)
 """
@@ -163,11 +164,15 @@ def main():
     ap.add_argument("--duration", type=int, default=8, help="seconds per round (at least 4)")
     ap.add_argument("--conns", default="64,512", help="comma-separated connection counts")
     ap.add_argument("--build", action="store_true", help="cargo build --release first")
-    ap.add_argument("--markdown-only", action="store_true", help="re-render breakdown.md from breakdown.json")
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="re-render breakdown.md from OUT/breakdown.json (OUT: --out, default bench-results/cost-breakdown)")
+    ap.add_argument("--out", metavar="DIR",
+                    help="output folder (default: a fresh bench-results/runs/cost-breakdown-<time>/)")
     a = ap.parse_args()
     if a.markdown_only:
-        data = json.loads((ROOT / "bench-results" / "cost-breakdown" / "breakdown.json").read_text())
-        write_results("cost-breakdown", "breakdown", data, markdown(data))
+        out = Path(a.out) if a.out else RESULTS / "cost-breakdown"
+        data = json.loads((out / "breakdown.json").read_text())
+        write_results(out, "breakdown", data, markdown(data))
         return
     if a.duration < 4:
         ap.error("--duration must be at least 4 seconds (perf samples all but the first and last second)")
@@ -177,7 +182,8 @@ def main():
     results = run(a.rounds, a.duration, conns)
     data = {"env": environment(), "rounds": a.rounds, "duration": a.duration, "results": results,
             "command": "python3 bench/cost_breakdown.py " + f"--rounds {a.rounds} --duration {a.duration} --conns {a.conns}"}
-    write_results("cost-breakdown", "breakdown", data, markdown(data))
+    out = run_dir("cost-breakdown", a.out)
+    write_results(out, "breakdown", data, markdown(data))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "target" / "release"
+RESULTS = ROOT / "bench-results"
+RUNS = RESULTS / "runs"  # git-ignored: where a run writes unless it is told otherwise
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -224,8 +226,25 @@ def environment(extra=None):
     return env
 
 
-def write_results(dirname, name, data, markdown):
-    out = ROOT / "bench-results" / dirname
+def run_dir(name, out=None):
+    """The folder a benchmark writes to, made if missing: `out` when given (pass
+    bench-results/NAME to replace the committed results), else a fresh, git-ignored
+    bench-results/runs/NAME-<UTC time>/. Says which on stderr."""
+    if out:
+        d = Path(out)
+    else:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        d, n = RUNS / f"{name}-{stamp}", 1
+        while d.exists():
+            d, n = RUNS / f"{name}-{stamp}-{n}", n + 1
+    d.mkdir(parents=True, exist_ok=True)
+    log(f"output folder: {d}")
+    return d
+
+
+def write_results(out, name, data, markdown):
+    """NAME.json and NAME.md into the folder `out` (see run_dir)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown)

@@ -161,11 +161,12 @@ def main():
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for the memory figure")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--only", choices=["throughput", "latency", "memory", "fullstack"], action="append")
+    ap.add_argument("--out", metavar="DIR", help="output folder (default: a fresh bench-results/runs/proxies-<time>/)")
     ap.add_argument("--charts-only", action="store_true",
                     help="measure nothing: re-render the charts and proxies.md from bench-results/proxies/proxies.json")
     a = ap.parse_args()
     if a.charts_only:
-        out = ROOT / "bench-results" / "proxies"
+        out = Path(a.out) if a.out else RESULTS / "proxies"
         data = json.loads((out / "proxies.json").read_text())
         env = data["env"]
         run_args = argparse.Namespace(rounds=env.get("rounds", a.rounds), duration=env.get("duration_s", a.duration),
@@ -199,7 +200,7 @@ def main():
         log("part 4: full stack, both cores, unpinned")
         data["fullstack"], data["fullstack_commands"] = full_stack(a.rounds, a.duration, 256)
     md = report(data, a)
-    out = write_results("proxies", "proxies", data, md)
+    out = write_results(run_dir("proxies", a.out), "proxies", data, md)
     charts(data, out)
     print(md)
 
