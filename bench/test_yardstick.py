@@ -153,6 +153,15 @@ class Arithmetic(unittest.TestCase):
         self.assertIsNone(ys.summarize([0.5, None]))
         self.assertIsNone(ys.summarize([]))
 
+    def test_a_hop_measured_at_or_below_zero_leaves_no_ratio(self):
+        runs = [run(0, "direct", 20.0), run(0, "lb", 19.0), run(0, "haproxy", 30.0)]
+        self.assertEqual(ys.hop_costs(ys.index(runs), "rate-5k-64", "lb"), [-1.0])
+        self.assertIsNone(ys.hop_ratio(ys.index(runs), "rate-5k-64", "lb"))
+
+    def test_a_p99_under_directs_counts_as_nothing_added(self):
+        runs = [run(0, "direct", 20.0, 0.5), run(0, "lb", 30.0, 0.4), run(0, "haproxy", 30.0, 0.7)]
+        self.assertEqual(ys.p99_ratio(ys.index(runs), "rate-5k-64", "lb")["median"], 0.0)
+
     def test_median_with_min_max(self):
         s = ys.summarize([5.0, 1.0, 3.0, 9.0])
         self.assertEqual((s["median"], s["min"], s["max"], s["n"]), (4.0, 1.0, 9.0, 4))

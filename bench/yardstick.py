@@ -182,9 +182,16 @@ def p99_added(by, point, target):
     return paired(by, point, target, DIRECT, lambda t, d: t["latency_ms"]["p99"] - d["latency_ms"]["p99"])
 
 
-def ratios(xs, ys):
-    """x / y per round; None where y is not positive (a ratio to nothing says nothing)."""
-    return [x / y if y > 0 else None for x, y in zip(xs, ys)]
+def ratios(xs, ys, x_floor=None):
+    """x / y per round; None where y is not positive (a ratio to nothing says nothing). An x that
+    is not positive is None too (noise larger than what is measured) unless `x_floor` is given,
+    then x is raised to it."""
+    out = []
+    for x, y in zip(xs, ys):
+        if x_floor is not None:
+            x = max(x, x_floor)
+        out.append(x / y if y > 0 and (x > 0 or x_floor is not None) else None)
+    return out
 
 
 def summarize(values):
@@ -196,12 +203,15 @@ def summarize(values):
 
 
 def hop_ratio(by, point, target, reference="haproxy"):
-    """The target's hop cost over the reference's, per round, summarised."""
+    """The target's hop cost over the reference's, per round, summarised. A hop is never really
+    zero or less: a round where one measured so was swamped by noise and leaves no ratio."""
     return summarize(ratios(hop_costs(by, point, target), hop_costs(by, point, reference)))
 
 
 def p99_ratio(by, point, target, reference="haproxy"):
-    return summarize(ratios(p99_added(by, point, target), p99_added(by, point, reference)))
+    """The p99 the target adds over the reference's, per round; a target that added nothing
+    measurable (its p99 at or under direct's) counts as 0."""
+    return summarize(ratios(p99_added(by, point, target), p99_added(by, point, reference), x_floor=0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,10 +262,11 @@ def nginx_backends(ports, cpu):
     return srv
 
 
-def measure_run(url, point, target, round_no, roles, duration, warmup, client_cpu, sample_interval=0.1):
-    """One loadgen run at `point` against `url`; CPU read over loadgen's measured window only.
-    `roles`: {"proxy": [pid], "backends": [pid]} (no "proxy" when direct)."""
-    spec = POINTS[point]
+def measure_run(url, point, target, round_no, roles, duration, warmup, client_cpu, sample_interval=0.1, spec=None):
+    """One loadgen run at `point` (or `spec`: {"conns", "rate"}) against `url`; CPU read over
+    loadgen's measured window only. `roles`: {"proxy": [pid], "backends": [pid]} (no "proxy" when
+    direct)."""
+    spec = spec or POINTS[point]
     args = ["--cores", "1", "--conns", str(spec["conns"]), "--duration", f"{duration:g}s",
             "--warmup", f"{warmup:g}s"]
     if spec["rate"]:
