@@ -4,7 +4,7 @@
 Same setup as the hop-cost yardstick of bench/proxies.py: the proxy pinned to CPU 0; loadgen and
 the nginx backends (one process, `return 200` on three ports) on CPU 1; keep-alive connections,
 closed loop. Each round runs direct (loadgen -> nginx) and each proxy in turn (a fresh proxy per
-run), samples every CPU's stacks with `perf record -a -e cpu-clock -g` (software clock: this VM
+run), samples every CPU's stacks with `perf record -a -e cpu-clock -F 1000 -g` (software clock: this VM
 has no hardware counters) over the middle of loadgen's measured window, and reads the whole
 machine's busy CPU from /proc/stat over that window (bench/yardstick.py). `-a` sees what a
 per-process profile cannot: softirq work on an idle CPU, ksoftirqd and kworker threads, and the
@@ -54,6 +54,7 @@ IDLE = "idle"
 # Frames that mean a sample of the idle task (pid 0) was softirq work, not idling.
 SOFTIRQ_FRAMES = {"__do_softirq", "handle_softirqs", "net_rx_action", "do_softirq", "__napi_poll",
                   "process_backlog", "tcp_v4_rcv", "run_timer_softirq", "rcu_core"}
+PERF_HZ = 1000  # per CPU: ~14,000 samples over a default run, a quarter of perf's default interrupts
 HEADER = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)/(?P<tid>-?\d+)\s+\[(?P<cpu>\d+)\]\s*$")
 
 
@@ -168,7 +169,7 @@ def profile_run(target, conns, round_no, duration, warmup, backend_ports, backen
             time.sleep(0.3)
         data = str(workdir / f"{target}-{conns}.data")
         # Skip loadgen's start and warm-up (and a little more), stop before its last half second.
-        perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-g", "-o", data,
+        perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", str(PERF_HZ), "-g", "-o", data,
                                  "-D", str(int((warmup + 0.5) * 1000)), "--", "sleep", f"{warmup + duration - 0.3:.1f}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -314,7 +315,7 @@ def markdown(data):
              f"{env['haproxy']}; {env['nginx']}; lb commit {env['git_commit']}.",
              f"Proxy on CPU 0, loadgen and the backends on CPU 1, keep-alive; {data['rounds']} interleaved rounds of "
              f"{data['duration']} s per proxy, medians with (min-max). Stacks sampled with "
-             f"`perf record {'-a ' if data.get('whole_machine') else ''}-e cpu-clock -g`; CPU time from /proc "
+             f"`perf record {'-a ' if data.get('whole_machine') else ''}-e cpu-clock {'-F ' + str(data['perf_hz']) + ' ' if data.get('perf_hz') else ''}-g`; CPU time from /proc "
              f"(perf itself adds a few percent to each). Rerun: `{data['command']}`.\n",
              "Function buckets: **tcp send** = stacks through `tcp_sendmsg` (TCP/IP transmit plus, on loopback, the "
              "peer's whole receive path and wakeup, paid by the sender); **tcp recv** = `tcp_recvmsg`; "
@@ -383,7 +384,7 @@ def main():
     t0 = time.time()
     results = run(a.rounds, a.duration, a.warmup, conns)
     data = {"env": environment(), "rounds": a.rounds, "duration": a.duration, "warmup": a.warmup,
-            "whole_machine": True, "results": results, "elapsed_s": round(time.time() - t0),
+            "whole_machine": True, "perf_hz": PERF_HZ, "results": results, "elapsed_s": round(time.time() - t0),
             "command": "python3 bench/cost_breakdown.py " +
                        f"--rounds {a.rounds} --duration {a.duration:g} --conns {a.conns}"}
     write_results(out, "breakdown", data, markdown(data))
