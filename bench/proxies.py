@@ -88,14 +88,33 @@ def labels_at(point, proxies, flask):
     return [ys.DIRECT, *proxies] + ([FLASK] if flask and point == FLASK_POINT else [])
 
 
-def run_yardstick(a, backend_ports, backend):
+def server_record(srv, ports):
+    """A server's command line and config file (if it has one), its ports named, for the JSON."""
+    def named(text):
+        for name, port in ports.items():
+            text = text.replace(str(port), f"{{{name}}}")
+        return text
+    args = [str(x) for x in srv.proc.args]
+    rec = {"command": named(" ".join(args))}
+    for flag in ("-f", "-c", "--config"):
+        if flag in args[:-1]:
+            path = Path(args[args.index(flag) + 1])
+            if path.is_file():
+                rec["config"] = named(path.read_text())
+    return rec
+
+
+def run_yardstick(a, backend_ports, backend, configs):
     proxies = a.proxies + ([FLASK] if a.flask else [])
     servers, ports = {}, {ys.DIRECT: backend_ports[0]}
+    names = {f"BACKEND{i}": p for i, p in enumerate(backend_ports)}
+    configs["nginx backends"] = server_record(backend, names)
     runs = []
     try:
         for p in proxies:
             ports[p] = free_port()
             servers[p] = start_proxy(p, ports[p], backend_ports, PROXY_CPU)
+            configs[p] = server_record(servers[p], {"PORT": ports[p], **names})
         time.sleep(0.5)
         for r in range(a.rounds):
             log(f"round {r + 1} of {a.rounds}")
@@ -215,7 +234,8 @@ def measure(a):
             backend = ys.nginx_backends(bports, CLIENT_CPU)
         if "yardstick" in a.parts:
             log("part 1: hop cost at fixed rates and at saturation")
-            data["yardstick"] = {"runs": run_yardstick(a, bports, backend)}
+            configs = {}
+            data["yardstick"] = {"runs": run_yardstick(a, bports, backend, configs), "servers": configs}
         if "memory" in a.parts:
             log("part 2: idle connection memory")
             data["memory"] = idle_memory(a.idle, bports[0], a.proxies + [p for p in EXTRA_PROXIES
@@ -503,7 +523,8 @@ def report(data):
         L.append("\nMeasured elsewhere: backend CPU per request against nginx `return 200` (target <= 0.7x) by "
                  "`python3 bench/instruments.py`; `lb --cores 2` against `--cores 1` at saturation by "
                  "`python3 bench/experiments.py saturation`.\n")
-    L.append("Every run (CPU, requests, latency, command), in the order run: `proxies.json` beside this file.\n")
+    L.append("Every run (CPU, requests, latency, command), in the order run, and each server's command line and "
+             "config: `proxies.json` beside this file.\n")
     return "\n".join(L)
 
 
