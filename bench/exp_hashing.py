@@ -347,7 +347,7 @@ def run(args):
         if p not in ("distribution", "scaling", "movement"):
             raise SystemExit(f"unknown part {p!r}")
     if args.replot:
-        data = json.loads((out_dir(DIR) / "a4.json").read_text())
+        data = json.loads((out_dir(DIR, replot=True) / "a4.json").read_text())
         args.keys, args.conns = data["keys_per_run"], data["conns"]
         args.key = "client_ip" if data["hash_key"] == "client_ip" else "cookie"
         return write(args, data)

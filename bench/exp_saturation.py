@@ -345,7 +345,7 @@ def load_snapshot():
 
 
 def run(args):
-    d = out_dir("saturation")
+    d = out_dir("saturation", replot=args.from_json)
     if args.from_json:
         data = json.loads((d / "saturation.json").read_text())
         render(d, data)

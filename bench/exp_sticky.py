@@ -114,7 +114,7 @@ def run_variant(label, args, skew):
 
 def run(args):
     if args.replot:
-        data = json.loads((out_dir(DIR) / "sticky.json").read_text())
+        data = json.loads((out_dir(DIR, replot=True) / "sticky.json").read_text())
         args.keys, args.requests, args.skew, args.conns = (data["keys"], data["requests_per_run"], data["skew"],
                                                            data["conns"])
         return write(args, data)

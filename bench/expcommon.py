@@ -2,9 +2,10 @@
 
 import os
 import time
+from pathlib import Path
 
 import lbbench
-from lbbench import ROOT, log
+from lbbench import log
 
 TW_LIMIT = 45000
 NCPU = os.cpu_count() or 1
@@ -34,10 +35,22 @@ def wait_quiet(limit=TW_LIMIT, max_wait=45.0):
         log(f"  waited {waited:.0f}s for TIME_WAIT sockets to drain (now {time_wait_sockets()})")
 
 
-def out_dir(name):
-    d = ROOT / "bench-results" / name
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+# Set by experiments.py from --out: {"out": folder or None, "all": True when running every experiment}.
+OUT = {"out": None, "all": False}
+_DIRS = {}
+
+
+def out_dir(name, replot=False):
+    """The folder experiment `name` writes to, the same one for the whole process: --out when given
+    (with `all`, --out/NAME); when re-rendering committed JSON (`replot`), the committed
+    bench-results/NAME; else a fresh, git-ignored bench-results/runs/NAME-<time>/."""
+    if name not in _DIRS:
+        if OUT["out"]:
+            d = Path(OUT["out"]) / name if OUT["all"] else Path(OUT["out"])
+        else:
+            d = lbbench.RESULTS / name if replot else None
+        _DIRS[name] = lbbench.run_dir(name, d)
+    return _DIRS[name]
 
 
 def machine_line(env):

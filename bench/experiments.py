@@ -9,8 +9,11 @@
   A-3 failover, A-4 hashing, sticky sessions, saturation and ECMP (lb instances behind a
   multipath router, in network namespaces) live in bench/exp_*.py.
 
-Usage:  python3 bench/experiments.py [--build] EXPERIMENT [options]    (EXPERIMENT --help for its options)
-Each writes bench-results/<experiment>/ (JSON, CSV, SVG, summary.md).
+Usage:  python3 bench/experiments.py [--build] EXPERIMENT [options] [--out DIR]   (EXPERIMENT --help: options)
+Each writes JSON, CSV, SVG and summary.md to a fresh, git-ignored bench-results/runs/<experiment>-<time>/,
+or to --out DIR (with `all`, DIR/<experiment>/): `--out bench-results/a1-distribution` (`all --out
+bench-results`) replaces the committed results. A re-render from JSON (--replot, --from-json) reads and
+writes the committed folder unless --out names another.
 Processes: lb pinned to CPU 0, loadgen pinned to CPU 1 (when the machine has 2+ CPUs), the
 backends unpinned; every process is stopped by its PID.
 """
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import expcommon  # noqa: E402
 import lbbench  # noqa: E402
 from lbbench import backend_proc, free_port, lb_proc, loadgen_json, log  # noqa: E402
 from expcommon import (LB_CPU, LG_CPU, TW_LIMIT, machine_line, out_dir, pinning_line,  # noqa: E402
@@ -339,7 +343,12 @@ def main():
         sp.set_defaults(func=mod.run)
     sp = sub.add_parser("all", help="every experiment above, each with its defaults")
     sp.set_defaults(func=None)
+    for sp in sub.choices.values():
+        sp.add_argument("--out", metavar="DIR",
+                        help="output folder (default: a fresh bench-results/runs/<experiment>-<time>/; "
+                             "with `all`, DIR/<experiment>/)")
     args = ap.parse_args()
+    expcommon.OUT.update(out=args.out, all=args.experiment == "all")
     if args.build:
         lbbench.build_release()
     for b in ("lb", "backend", "loadgen"):
@@ -353,7 +362,7 @@ def main():
             log(f"=== {name}")
             sub_args = ap.parse_args([name])
             sub_args.func(sub_args)
-    log(f"done in {time.time() - t0:.0f}s")
+    log(f"done in {time.time() - t0:.0f}s; results in " + ", ".join(str(d) for d in expcommon._DIRS.values()))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
    client CPU-second.
 3. Latency agreement of loadgen and wrk at a low connection count.
 
-Rounds are interleaved (A B B A ...); medians with min-max spread. Results go to
-bench-results/instruments/. Usage: bench/instruments.py [--rounds 5] [--duration 8]
+Rounds are interleaved (A B B A ...); medians with min-max spread. Results go to --out DIR, by
+default a fresh, git-ignored bench-results/runs/instruments-<time>/ (`--out bench-results/instruments`
+replaces the committed results). Usage: bench/instruments.py [--rounds 5] [--duration 8] [--out DIR]
 """
 
 import argparse
@@ -94,6 +95,7 @@ def main():
     ap.add_argument("--low-conns", type=int, default=4, help="connections for the latency comparison")
     ap.add_argument("--delay-ms", type=int, default=2, help="server delay for the latency comparison")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--out", metavar="DIR", help="output folder (default: a fresh bench-results/runs/instruments-<time>/)")
     a = ap.parse_args()
     ensure_packages({"nginx-light": "nginx", "wrk": "wrk"})
     if not a.no_build:
@@ -180,8 +182,10 @@ mean {lat_diff['mean']:+.1%} (target within 10% at p50 and mean:
 ```
 Raw per-round figures: `instruments.json` beside this file.
 """
-    write_results("instruments", "instruments", data, md)
+    out = run_dir("instruments", a.out)
+    write_results(out, "instruments", data, md)
     print(md)
+    log(f"results in {out}")
 
 
 if __name__ == "__main__":

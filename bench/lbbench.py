@@ -17,6 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "target" / "release"
+RESULTS = ROOT / "bench-results"
+RUNS = RESULTS / "runs"  # git-ignored: where a run writes unless it is told otherwise
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -78,17 +80,25 @@ def pinned(cpu, argv):
 class Server:
     """A long-running process (server or proxy), stopped by PID when done."""
 
-    def __init__(self, name, argv, port, cpu=None, env=None, cwd=None, measure_pid=None, log=None):
-        """`log`: a file for the process's stderr (discarded by default)."""
+    def __init__(self, name, argv, port, cpu=None, env=None, cwd=None, measure_pid=None, log=None, cleanup=()):
+        """`log`: a file for the process's stderr (discarded by default); `cleanup`: folders (its
+        config) removed when it stops. A process that never listens is stopped before the error."""
         self.name = name
+        self.cleanup = list(cleanup)
         full = pinned(cpu, argv) if cpu is not None else argv
         stderr = open(log, "w") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=stderr,
                                      env=dict(os.environ, **(env or {})), cwd=cwd,
                                      start_new_session=True)
+        if log:
+            stderr.close()
         self.port = port
-        wait_port(port)
-        self.pid = measure_pid(self.proc.pid) if measure_pid else self.proc.pid
+        try:
+            wait_port(port)
+            self.pid = measure_pid(self.proc.pid) if measure_pid else self.proc.pid
+        except BaseException:
+            self.stop()
+            raise
 
     def cpu(self):
         return cpu_seconds(self.pid)
@@ -104,6 +114,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for d in self.cleanup:
+            shutil.rmtree(d, ignore_errors=True)
+        self.cleanup = []
 
     def __enter__(self):
         return self
@@ -213,8 +226,25 @@ def environment(extra=None):
     return env
 
 
-def write_results(dirname, name, data, markdown):
-    out = ROOT / "bench-results" / dirname
+def run_dir(name, out=None):
+    """The folder a benchmark writes to, made if missing: `out` when given (pass
+    bench-results/NAME to replace the committed results), else a fresh, git-ignored
+    bench-results/runs/NAME-<UTC time>/. Says which on stderr."""
+    if out:
+        d = Path(out)
+    else:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        d, n = RUNS / f"{name}-{stamp}", 1
+        while d.exists():
+            d, n = RUNS / f"{name}-{stamp}-{n}", n + 1
+    d.mkdir(parents=True, exist_ok=True)
+    log(f"output folder: {d}")
+    return d
+
+
+def write_results(out, name, data, markdown):
+    """NAME.json and NAME.md into the folder `out` (see run_dir)."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown)
@@ -258,7 +288,7 @@ def nginx_http(port, cpu, server_id="nginx"):
     d = tmpdir("bench-nginx-")
     conf = d / "nginx.conf"
     conf.write_text(NGINX_HTTP_CONF.format(dir=d, port=port, id=server_id))
-    return Server("nginx", ["nginx", "-p", str(d), "-c", str(conf)], port, cpu=cpu)
+    return Server("nginx", ["nginx", "-p", str(d), "-c", str(conf)], port, cpu=cpu, cleanup=[d])
 
 
 def backend_proc(port, cpu, server_id, cores=1, extra=()):
@@ -270,11 +300,13 @@ def backend_proc(port, cpu, server_id, cores=1, extra=()):
 def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None):
     argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores), "--admin", "off",
             "--algorithm", algorithm, "--backend", ",".join(f"127.0.0.1:{p}" for p in backend_ports), *extra]
+    dirs = []
     if pool or relay_mode:
-        conf = tmpdir("bench-lb-") / "lb.toml"
-        conf.write_text(f"[pool]\nidle_per_backend = {pool}\n[relay]\nmode = \"{relay_mode or 'readiness'}\"\n")
+        dirs.append(tmpdir("bench-lb-"))
+        conf = dirs[0] / "lb.toml"
+        conf.write_text(f"[pool]\nidle_per_backend = {pool}\n[relay]\nmode = \"{relay_mode or 'completion'}\"\n")
         argv += ["--config", str(conf)]
-    return Server("lb", argv, port, cpu=cpu, env={"RUST_LOG": "warn"})
+    return Server("lb", argv, port, cpu=cpu, env={"RUST_LOG": "warn"}, cleanup=dirs)
 
 
 HAPROXY_CONF = """
@@ -302,7 +334,7 @@ def haproxy_proc(port, backend_ports, cpu, threads=1):
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(backend_ports))
     conf = d / "haproxy.cfg"
     conf.write_text(HAPROXY_CONF.format(threads=threads, port=port, servers=servers))
-    return Server("haproxy", ["haproxy", "-db", "-f", str(conf)], port, cpu=cpu)
+    return Server("haproxy", ["haproxy", "-db", "-f", str(conf)], port, cpu=cpu, cleanup=[d])
 
 
 NGINX_STREAM_CONF = """
@@ -331,7 +363,7 @@ def nginx_stream_proc(port, backend_ports, cpu):
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backend_ports)
     conf = d / "nginx.conf"
     conf.write_text(NGINX_STREAM_CONF.format(workers=1, master="off", dir=d, port=port, servers=servers))
-    return Server("nginx-stream", ["nginx", "-p", str(d), "-c", str(conf)], port, cpu=cpu)
+    return Server("nginx-stream", ["nginx", "-p", str(d), "-c", str(conf)], port, cpu=cpu, cleanup=[d])
 
 
 def loadgen_json(url, args, cpu=None, timeout=180):
