@@ -718,3 +718,149 @@ fn a_takeover_never_talks_to_an_upgrade_socket_of_another_user() {
     assert!(path.exists());
     assert!(squat.accept().is_err());
 }
+
+// 5, 15. Cut streams and byte counts ---------------------------------------------------------------
+
+/// A backend that answers the first bytes it gets with `n` bytes and then resets the connection
+/// (SO_LINGER 0); returns its address.
+fn resetting_backend(n: usize) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(&vec![b'x'; n]);
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    addr
+}
+
+/// Reads until the end; the bytes read and whether it ended with a reset.
+fn read_to_end_or_reset(s: &mut TcpStream) -> (usize, bool) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut total = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (total, false),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (total, true),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+fn lb_in_front_of(addr: SocketAddr, extra_toml: &str) -> (Proc, tempfile_path::TempPath) {
+    lb_with_config(
+        &format!("{extra_toml}\n[health]\ncheck = \"none\"\n[[backends]]\nname = \"b\"\naddress = \"{addr}\"\n"),
+        &[],
+    )
+}
+
+fn backend_stats(lb: &Proc, name: &str) -> serde_json::Value {
+    let (code, body) = admin_call(lb.admin.unwrap(), None, "GET", "/lb/stats", "");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+#[test]
+fn a_backend_reset_mid_response_reaches_the_client_as_a_reset_in_both_relay_modes() {
+    let backend = resetting_backend(5043);
+    // Direct, the client sees the reset:
+    let mut d = TcpStream::connect(backend).unwrap();
+    d.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(read_to_end_or_reset(&mut d).1, "direct: no reset");
+    for mode in ["completion", "readiness"] {
+        let (lb, _cfg) = lb_in_front_of(backend, &format!("[relay]\nmode = \"{mode}\""));
+        let mut c = TcpStream::connect(lb.addr).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let (n, reset) = read_to_end_or_reset(&mut c);
+        assert!(reset, "{mode}: the client saw a clean end after {n} of 5043 bytes");
+        // The bytes of a connection that ended in an error are counted too.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let s = backend_stats(&lb, "b");
+            if s["bytes_to_backend"] == 18 && s["bytes_to_client"].as_u64() == Some(5043) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{mode}: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn a_client_reset_reaches_the_backend_as_a_reset() {
+    for mode in ["completion", "readiness"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = tx.send(read_to_end_or_reset(&mut s));
+        });
+        let (lb, _cfg) = lb_in_front_of(addr, &format!("[relay]\nmode = \"{mode}\""));
+        let c = TcpStream::connect(lb.addr).unwrap();
+        (&c).write_all(b"partial upload").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(c);
+        let (n, reset) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(reset, "{mode}: the backend saw a clean end after {n} bytes");
+        drop(lb);
+    }
+}
+
+#[test]
+fn the_shutdown_deadline_cuts_open_connections_with_a_reset() {
+    let echo = echo_backend();
+    let (mut lb, _cfg) = lb_in_front_of(echo.addr, "[shutdown]\ninterrupt_grace_ms = 300");
+    let mut open = TcpStream::connect(lb.addr).unwrap();
+    open.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    open.read_exact(&mut b).unwrap();
+    signal(&lb.child, libc::SIGINT);
+    let (_, reset) = read_to_end_or_reset(&mut open);
+    assert!(reset, "the deadline ended the connection with a clean FIN");
+    assert!(wait_exit(&mut lb.child, Duration::from_secs(5)).is_some());
+}
+
+#[test]
+fn the_replayed_head_of_cookie_hashing_is_counted() {
+    let a = backend("a");
+    let (lb, _cfg) = lb_in_front_of(
+        a.addr,
+        "algorithm = \"maglev\"\n[hash]\nkey = \"cookie:sid\"",
+    );
+    let req = "GET / HTTP/1.1\r\nHost: t\r\nCookie: sid=42\r\nConnection: close\r\n\r\n";
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp).unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = backend_stats(&lb, "b");
+        if s["bytes_to_backend"].as_u64() == Some(req.len() as u64)
+            && s["bytes_to_client"].as_u64() == Some(resp.len() as u64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s} (request {} bytes, response {})", req.len(), resp.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

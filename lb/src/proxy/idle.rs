@@ -1,8 +1,10 @@
-//! Idle timeouts for thousands of connections without a timer each.
+//! Idle timeouts for thousands of connections without a timer each, and the per-connection
+//! record the relays keep on the way (bytes each way).
 //!
 //! A monoio timer is 640 bytes; one per connection was most of an idle connection's memory.
 //! Instead each core keeps a slab of last-activity times and one sweeper task that wakes the
-//! connections idle for longer than the timeout.
+//! connections idle for longer than the timeout. The same slab lets a stopping worker cut every
+//! open connection at its deadline ([`IdleTimer::cut_all`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -13,10 +15,22 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+/// Why a connection was cut from outside its relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// No byte in either direction for the idle timeout.
+    Idle,
+    /// The worker's shutdown deadline.
+    Shutdown,
+}
+
 struct Entry {
     last: Instant,
-    fired: bool,
+    cut: Option<Cut>,
     waker: Option<Waker>,
+    /// Bytes relayed so far, to the backend and to the client: known however the relay ends.
+    to_backend: u64,
+    to_client: u64,
 }
 
 /// One per core.
@@ -40,8 +54,10 @@ impl IdleTimer {
     pub fn register(self: &Rc<Self>) -> IdleGuard {
         let key = self.entries.borrow_mut().insert(Entry {
             last: Instant::now(),
-            fired: false,
+            cut: None,
             waker: None,
+            to_backend: 0,
+            to_client: 0,
         });
         if !self.sweeping.replace(true) {
             lb_common::task::spawn_guarded("idle-sweeper", sweep(self.clone()));
@@ -50,6 +66,21 @@ impl IdleTimer {
             timer: self.clone(),
             key,
         }
+    }
+
+    /// Cuts every registered connection (a stop's deadline); returns how many.
+    pub fn cut_all(&self) -> usize {
+        let mut due = Vec::new();
+        let mut n = 0;
+        for (_, e) in self.entries.borrow_mut().iter_mut() {
+            if e.cut.is_none() {
+                e.cut = Some(Cut::Shutdown);
+                due.extend(e.waker.take());
+                n += 1;
+            }
+        }
+        due.into_iter().for_each(Waker::wake);
+        n
     }
 
     /// How often the sweeper looks: a timeout fires at most this much late.
@@ -64,8 +95,8 @@ async fn sweep(timer: Rc<IdleTimer>) {
         let now = Instant::now();
         let mut due = Vec::new();
         for (_, e) in timer.entries.borrow_mut().iter_mut() {
-            if !e.fired && now.duration_since(e.last) >= timer.idle {
-                e.fired = true;
+            if e.cut.is_none() && now.duration_since(e.last) >= timer.idle {
+                e.cut = Some(Cut::Idle);
                 due.extend(e.waker.take());
             }
         }
@@ -88,7 +119,28 @@ impl IdleGuard {
         }
     }
 
-    /// Resolves once the connection has been idle for the timeout.
+    /// `n` bytes went to the backend (or to the client): counted, and not idle.
+    pub fn moved(&self, to_backend: bool, n: usize) {
+        if let Some(e) = self.timer.entries.borrow_mut().get_mut(self.key) {
+            e.last = Instant::now();
+            if to_backend {
+                e.to_backend += n as u64;
+            } else {
+                e.to_client += n as u64;
+            }
+        }
+    }
+
+    /// Bytes relayed so far: (to the backend, to the client).
+    pub fn bytes(&self) -> (u64, u64) {
+        self.timer
+            .entries
+            .borrow()
+            .get(self.key)
+            .map_or((0, 0), |e| (e.to_backend, e.to_client))
+    }
+
+    /// Resolves once the connection has been idle for the timeout, or was cut.
     pub fn expired(&self) -> Expired<'_> {
         Expired { guard: self }
     }
@@ -105,15 +157,15 @@ pub struct Expired<'a> {
 }
 
 impl Future for Expired<'_> {
-    type Output = ();
+    type Output = Cut;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Cut> {
         let mut entries = self.guard.timer.entries.borrow_mut();
         let Some(e) = entries.get_mut(self.guard.key) else {
-            return Poll::Ready(());
+            return Poll::Ready(Cut::Idle);
         };
-        if e.fired {
-            return Poll::Ready(());
+        if let Some(cut) = e.cut {
+            return Poll::Ready(cut);
         }
         if !e.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             e.waker = Some(cx.waker().clone());
@@ -129,24 +181,25 @@ pub struct Until<F, S> {
     stop: S,
 }
 
-impl<F: Future, S: Future<Output = ()>> Until<F, S> {
+impl<F: Future, S: Future> Until<F, S> {
     pub fn new(work: F, stop: S) -> Self {
         Until { work, stop }
     }
 }
 
-impl<F: Future, S: Future<Output = ()>> Future for Until<F, S> {
-    type Output = Option<F::Output>;
+/// `Ok` with `work`'s output, or `Err` with `stop`'s.
+impl<F: Future, S: Future> Future for Until<F, S> {
+    type Output = Result<F::Output, S::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: structural pinning; neither field is moved out while pinned.
         let this = unsafe { self.get_unchecked_mut() };
         let work = unsafe { Pin::new_unchecked(&mut this.work) };
         if let Poll::Ready(v) = work.poll(cx) {
-            return Poll::Ready(Some(v));
+            return Poll::Ready(Ok(v));
         }
         let stop = unsafe { Pin::new_unchecked(&mut this.stop) };
-        stop.poll(cx).map(|()| None)
+        stop.poll(cx).map(Err)
     }
 }
 
@@ -175,10 +228,10 @@ mod tests {
                 bf.set(true);
             })
             .await;
-            assert!(r.is_some());
+            assert!(r.is_ok());
             let waited =
                 Until::new(monoio::time::sleep(Duration::from_secs(5)), idle.expired()).await;
-            (waited.is_none(), busy_fired.get())
+            (waited == Err(Cut::Idle), busy_fired.get())
         });
         assert!(
             idle_fired,
@@ -188,6 +241,22 @@ mod tests {
             !busy_fired,
             "a connection touched every 20 ms must not expire"
         );
+    }
+
+    #[test]
+    fn cut_all_ends_every_connection_at_once_and_bytes_are_kept_per_connection() {
+        lb_common::runtime::block_on(|| async {
+            let timer = IdleTimer::new(Duration::from_secs(60));
+            let (a, b) = (timer.register(), timer.register());
+            a.moved(true, 10);
+            a.moved(false, 7);
+            b.moved(false, 1);
+            assert_eq!((a.bytes(), b.bytes()), ((10, 7), (0, 1)));
+            assert_eq!(timer.cut_all(), 2);
+            assert_eq!(timer.cut_all(), 0, "already cut");
+            assert_eq!(a.expired().await, Cut::Shutdown);
+            assert_eq!(b.expired().await, Cut::Shutdown);
+        });
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub async fn relay(
     scratch: &Scratch,
     idle: &IdleGuard,
 ) -> Result<Relayed, RelayError> {
+    let fds = [client.as_raw_fd(), backend.as_raw_fd()];
     super::until_idle(
         copy_half(
             &client,
@@ -56,12 +57,13 @@ pub async fn relay(
             idle,
         ),
         idle,
+        fds,
     )
     .await
 }
 
 fn err(side: Side, source: io::Error) -> RelayError {
-    RelayError { side, source }
+    RelayError::io(side, source)
 }
 
 async fn copy_half(
@@ -109,7 +111,7 @@ async fn copy_half(
             Some(Err(e)) => return Err(err(to_side, e)),
             Some(Ok((0, _))) => {}
             Some(Ok((n, rest))) => {
-                idle.touch();
+                idle.moved(to_side == Side::Backend, n - rest.len());
                 total += n as u64;
                 if !rest.is_empty() {
                     write_rest(to, wfd, rest, idle, to_side).await?;
@@ -143,8 +145,9 @@ async fn write_rest(
     let mut off = 0;
     while off < rest.len() {
         to.writable(false).await.map_err(|e| err(side, e))?;
-        off += forward(fd, &rest[off..]).map_err(|e| err(side, e))?;
-        idle.touch();
+        let sent = forward(fd, &rest[off..]).map_err(|e| err(side, e))?;
+        off += sent;
+        idle.moved(side == Side::Backend, sent);
     }
     Ok(())
 }

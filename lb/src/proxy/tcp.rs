@@ -2,9 +2,10 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::idle::IdleGuard;
@@ -21,12 +22,26 @@ pub enum Side {
     Backend,
 }
 
+/// How a relay ended when not both directions ended cleanly. Either way both sockets are then
+/// closed with a reset.
 #[derive(Debug, thiserror::Error)]
-#[error("{side:?} side: {source}")]
-pub struct RelayError {
-    pub side: Side,
-    #[source]
-    pub source: io::Error,
+pub enum RelayError {
+    #[error("{side:?} side: {source}")]
+    Io {
+        side: Side,
+        #[source]
+        source: io::Error,
+    },
+    #[error("idle timeout")]
+    Idle,
+    #[error("cut at the shutdown deadline")]
+    Shutdown,
+}
+
+impl RelayError {
+    pub fn io(side: Side, source: io::Error) -> RelayError {
+        RelayError::Io { side, source }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,12 +71,14 @@ pub fn relay(
     impl Future<Output = CopyResult> + '_,
     impl Future<Output = CopyResult> + '_,
 > {
-    let (client_r, client_w) = client.into_split();
-    let (backend_r, backend_w) = backend.into_split();
+    let fds = [client.as_raw_fd(), backend.as_raw_fd()];
+    let (client_r, client_w) = super::halves::split(client);
+    let (backend_r, backend_w) = super::halves::split(backend);
     super::until_idle(
         copy_half(client_r, backend_w, Side::Client, Side::Backend, opts, idle),
         copy_half(backend_r, client_w, Side::Backend, Side::Client, opts, idle),
         idle,
+        fds,
     )
 }
 
@@ -81,22 +98,17 @@ async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
     loop {
         let (res, b) = from.read(buf).await;
         buf = b;
-        let n = res.map_err(|source| RelayError {
-            side: from_side,
-            source,
-        })?;
+        let n = res.map_err(|source| RelayError::io(from_side, source))?;
+        idle.touch();
         if n == 0 {
             // Half-close: tell the other side we are done writing, keep the other direction.
             let _ = to.shutdown().await;
             return Ok(total);
         }
-        idle.touch();
         let (res, b) = to.write_all(buf).await;
         buf = b;
-        res.map_err(|source| RelayError {
-            side: to_side,
-            source,
-        })?;
+        res.map_err(|source| RelayError::io(to_side, source))?;
+        idle.moved(to_side == Side::Backend, n);
         total += n as u64;
         if n == cap && cap < opts.max_buffer {
             cap = (cap * 2).min(opts.max_buffer);

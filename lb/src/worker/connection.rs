@@ -2,12 +2,14 @@
 //! head -> relay -> account.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
 
 use crate::balance::{key_from_bytes, key_from_ip};
 use crate::config::{KeySource, RelayMode};
 use crate::proxy::http::peek_key;
+use crate::proxy::abort_on_close;
 use crate::proxy::readiness;
 use crate::proxy::tcp;
 
@@ -52,13 +54,19 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
             return;
         }
     };
+    // The replayed head counts as relayed: it is the first bytes the backend gets.
+    let mut replayed = 0u64;
     if let Some(bytes) = replay.filter(|b| !b.is_empty()) {
         use monoio::io::AsyncWriteRentExt;
+        let len = bytes.len() as u64;
         let (res, _) = Box::pin(backend.write_all(bytes)).await;
         if let Err(e) = res {
             tracing::debug!(%peer, error = %e, "backend failed while replaying the peeked head");
+            // The client's request was cut: it must not see a clean close.
+            abort_on_close(client.as_raw_fd());
             return;
         }
+        replayed = len;
     }
     let idle = core.idle.register();
     let result = match cfg.relay.mode {
@@ -76,13 +84,15 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
         }
         RelayMode::Completion => Box::pin(tcp::relay(client, backend, core.relay, &idle)).await,
     };
+    // Counted however the connection ended (an error, the idle timeout, a cut).
+    let (up, down) = idle.bytes();
+    active.set_bytes(up + replayed, down);
     match result {
-        Ok(r) => {
-            active.set_bytes(r.to_backend, r.to_client);
-            tracing::trace!(%peer, backend = active.backend(), up = r.to_backend, down = r.to_client, "connection done");
+        Ok(_) => {
+            tracing::trace!(%peer, backend = active.backend(), up = up + replayed, down, "connection done")
         }
         Err(e) => {
-            tracing::debug!(%peer, backend = active.backend(), error = %e, "connection ended with an error")
+            tracing::debug!(%peer, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
         }
     }
 }

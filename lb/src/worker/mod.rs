@@ -97,11 +97,19 @@ async fn worker(ctx: WorkerCtx, listeners: Vec<StdListener>, shared: Arc<Shared>
             break;
         }
         if Instant::now() >= lifecycle.deadline() {
+            // Cut with a reset, not a FIN: a transfer ended by the deadline must not look
+            // complete. The relays see the cut at once; give them a moment to close.
+            let cut = core.idle.cut_all();
             tracing::warn!(
                 worker = ctx.index,
                 open,
-                "shutdown deadline reached: closing the remaining connections"
+                cut,
+                "shutdown deadline reached: resetting the remaining connections"
             );
+            let until = Instant::now() + Duration::from_millis(200);
+            while core.shared.cores.get(ctx.index).active > 0 && Instant::now() < until {
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
             break;
         }
         if !reported {
