@@ -22,6 +22,15 @@ const SERVER_VARS: [&str; 7] = [
     "BODY_SIZE",
 ];
 
+/// This machine's host name, as the kernel reports it: what a `backend` without `--id` or
+/// `SERVER_ID` calls itself (read here from /proc, apart from the binary's gethostname(2)).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("/proc/sys/kernel/hostname")
+        .trim()
+        .to_string()
+}
+
 /// A running `backend`; dropping it kills the process (by PID) and reaps it.
 pub struct Server {
     pub child: Child,
