@@ -34,6 +34,9 @@ pub const MAX_ID_LEN: usize = 128;
 /// read and discarded. Bad requests get 400, oversized heads 431, then the connection closes.
 /// Echo mode (--mode echo): raw TCP echo that honours half-close.
 ///
+/// SIGTERM or SIGINT: new connections are refused at once, open ones may finish within
+/// --shutdown-grace, then the process exits 0 (also as PID 1 of a container).
+///
 /// Once listening, prints `backend <id> listening on <addr> (<mode>, <cores> cores, <driver>)`
 /// on stdout; logs go to stderr (RUST_LOG, default info). Exit code 2: invalid arguments.
 #[derive(Parser, Debug, Clone)]
@@ -97,6 +100,10 @@ pub struct Cli {
     /// Close a connection idle this long between requests (echo mode: with no data).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// On SIGTERM or SIGINT: stop accepting at once, wait this long at most for the open
+    /// connections to finish, then exit 0 (0s: exit at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -152,6 +159,8 @@ pub struct Config {
     pub pin: bool,
     pub mode: Mode,
     pub http: HttpSettings,
+    /// How long a SIGTERM waits for open connections before the process exits.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -209,6 +218,7 @@ impl Config {
             cores: cli.cores,
             pin: cli.pin,
             mode: cli.mode,
+            shutdown_grace: cli.shutdown_grace,
             http: HttpSettings {
                 id,
                 failure_rate: cli.failure_rate,
