@@ -2,7 +2,8 @@
 #   docker build -t lb:latest .      (or: docker-compose build)
 #   docker run --rm -p 8080:8080 --security-opt seccomp=deploy/seccomp-io_uring.json \
 #     lb:latest --config /etc/lb/lb.toml --backend 10.0.0.1:80
-# See deploy/README.md.
+# Without registry access (no rust:1-bookworm to pull), scripts/host-image builds the final stage
+# below from static binaries built on the host. See deploy/README.md.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src

@@ -34,6 +34,9 @@ pub const MAX_ID_LEN: usize = 128;
 /// read and discarded. Bad requests get 400, oversized heads 431, then the connection closes.
 /// Echo mode (--mode echo): raw TCP echo that honours half-close.
 ///
+/// SIGTERM or SIGINT: new connections are refused at once, open ones may finish within
+/// --shutdown-grace, then the process exits 0 (also as PID 1 of a container).
+///
 /// Once listening, prints `backend <id> listening on <addr> (<mode>, <cores> cores, <driver>)`
 /// on stdout; logs go to stderr (RUST_LOG, default info). Exit code 2: invalid arguments.
 #[derive(Parser, Debug, Clone)]
@@ -50,14 +53,11 @@ pub struct Cli {
     /// Port to listen on when --listen is absent.
     #[arg(long, env = "PORT", value_name = "PORT")]
     pub port: Option<u16>,
-    /// Server id sent in X-Server-Id and in JSON bodies.
-    #[arg(
-        long,
-        env = "SERVER_ID",
-        value_name = "SERVER_ID",
-        default_value = "backend"
-    )]
-    pub id: String,
+    /// Server id sent in X-Server-Id and in JSON bodies. Default: this machine's host name (in
+    /// a container, the container's, so each replica of a service tells itself apart), or
+    /// `backend` if the host name is not a valid id.
+    #[arg(long, env = "SERVER_ID", value_name = "SERVER_ID")]
+    pub id: Option<String>,
     /// Worker threads, one io_uring runtime and one listener each.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cores: usize,
@@ -100,6 +100,10 @@ pub struct Cli {
     /// Close a connection idle this long between requests (echo mode: with no data).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// On SIGTERM or SIGINT: stop accepting at once, wait this long at most for the open
+    /// connections to finish, then exit 0 (0s: exit at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -155,6 +159,8 @@ pub struct Config {
     pub pin: bool,
     pub mode: Mode,
     pub http: HttpSettings,
+    /// How long a SIGTERM waits for open connections before the process exits.
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -198,7 +204,7 @@ impl Config {
                 cli.max_head
             ));
         }
-        check_id(&cli.id)?;
+        let id = resolve_id(cli.id, host_name())?;
         for (flag, d) in [
             ("--header-timeout", cli.header_timeout),
             ("--idle-timeout", cli.idle_timeout),
@@ -212,8 +218,9 @@ impl Config {
             cores: cli.cores,
             pin: cli.pin,
             mode: cli.mode,
+            shutdown_grace: cli.shutdown_grace,
             http: HttpSettings {
-                id: cli.id,
+                id,
                 failure_rate: cli.failure_rate,
                 min_latency_ms: cli.min_latency,
                 max_latency_ms: max_latency,
@@ -245,6 +252,34 @@ fn resolve_listen(cli: &Cli) -> Result<SocketAddr, String> {
         }
     };
     lb_common::net::parse_addr(&text).map_err(|e| format!("{what}: {e}"))
+}
+
+/// Id used when neither `--id` nor `SERVER_ID` is given and the host name is not a valid id.
+pub const FALLBACK_ID: &str = "backend";
+
+/// `--id`/`SERVER_ID` if given (and valid); else the host name if it is a valid id; else
+/// [`FALLBACK_ID`]. A bad host name is no error: nobody asked for it by name.
+fn resolve_id(given: Option<String>, host: Option<String>) -> Result<String, String> {
+    if let Some(id) = given {
+        check_id(&id)?;
+        return Ok(id);
+    }
+    Ok(host
+        .filter(|h| check_id(h).is_ok())
+        .unwrap_or_else(|| FALLBACK_ID.to_string()))
+}
+
+/// gethostname(2): the UTS namespace's name, which a container runtime sets to the container's
+/// (Docker and Podman: its short id, or `hostname:` from the compose file). Not
+/// `/proc/sys/kernel/hostname`, so that it also works where /proc is not mounted.
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..len].to_vec()).ok()
 }
 
 /// The id goes into a header and a JSON string unescaped, so it must be plain visible ASCII.
@@ -321,7 +356,7 @@ mod tests {
             c.body_size = None;
         }
         if !given("--id") {
-            c.id = "backend".into();
+            c.id = None;
         }
         Config::from_cli(c)
     }
@@ -393,6 +428,19 @@ mod tests {
             assert!(config(&["--id", bad]).is_err(), "{bad:?}");
         }
         assert_eq!(config(&["--id", "s1"]).unwrap().http.id, "s1");
+    }
+
+    #[test]
+    fn the_id_is_the_flag_or_variable_else_the_host_name_else_backend() {
+        let host = || Some("replica-7f3a".to_string());
+        assert_eq!(resolve_id(Some("s1".into()), host()), Ok("s1".into()));
+        assert_eq!(resolve_id(None, host()), Ok("replica-7f3a".into()));
+        assert_eq!(resolve_id(None, None), Ok("backend".into()));
+        for bad in ["", "my host", "h\"", "é.local"] {
+            assert_eq!(resolve_id(None, Some(bad.into())), Ok("backend".into()));
+        }
+        // A bad id that was asked for by name is an error, not a silent fallback.
+        assert!(resolve_id(Some("a b".into()), host()).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod echo;
 mod health;
 mod http_server;
 mod server;
+mod stop;
 
 use std::process::ExitCode;
 

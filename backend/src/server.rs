@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::TcpListener as StdListener;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use lb_common::task::spawn_guarded;
 use crate::config::{Config, Mode};
 use crate::health::{self, HEALTH};
 use crate::http_server::{self, Counters, Ctx};
+use crate::stop;
 
 /// Shared by the workers while they start.
 struct Startup {
@@ -26,19 +28,23 @@ struct Startup {
     line_prefix: String,
 }
 
-/// Binds, starts the workers and serves until the process is killed.
+/// Binds, starts the workers and serves until SIGTERM or SIGINT (then drains and exits 0).
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    // Before any thread starts, so that all of them inherit the mask (see stop.rs).
+    stop::block_stop_signals().context("cannot block SIGTERM/SIGINT")?;
     health::install_signal_handlers().context("cannot install SIGUSR1/SIGUSR2 handlers")?;
     health::route_signals_to_one_thread().context("cannot start the signal thread")?;
     let group = ListenerGroup::bind(cfg.listen, cfg.cores, DEFAULT_BACKLOG)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = group.addr;
+    let listeners = group.into_listeners();
+    stop::spawn_stop_thread(
+        listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        cfg.shutdown_grace,
+    )
+    .context("cannot start the SIGTERM thread")?;
     let startup = Arc::new(Startup {
-        listeners: group
-            .into_listeners()
-            .into_iter()
-            .map(|l| Mutex::new(Some(l)))
-            .collect(),
+        listeners: listeners.into_iter().map(|l| Mutex::new(Some(l))).collect(),
         remaining: AtomicUsize::new(cfg.cores),
         drivers: Mutex::new(Vec::new()),
         line_prefix: format!(
@@ -99,14 +105,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                         w.index,
                     ));
                     accept_loop(listener, move |stream| {
-                        spawn_guarded("http connection", http_server::serve(stream, ctx.clone()));
+                        let open = stop::Open::new();
+                        let ctx = ctx.clone();
+                        spawn_guarded("http connection", async move {
+                            let _open = open;
+                            http_server::serve(stream, ctx).await
+                        });
                     })
                     .await
                 }
                 Mode::Echo => {
                     let idle = cfg.http.idle_timeout;
                     accept_loop(listener, move |stream| {
-                        spawn_guarded("echo connection", crate::echo::serve(stream, idle));
+                        let open = stop::Open::new();
+                        spawn_guarded("echo connection", async move {
+                            let _open = open;
+                            crate::echo::serve(stream, idle).await
+                        });
                     })
                     .await
                 }
@@ -133,13 +148,18 @@ fn ready(startup: &Startup, driver: IoDriver) {
     }
 }
 
-/// Accepts forever, handing each connection (with TCP_NODELAY) to `handle`.
+/// Accepts until the stop thread shuts the listener down, handing each connection (with
+/// TCP_NODELAY) to `handle`; then waits for the process to exit.
 async fn accept_loop(listener: monoio::net::TcpListener, handle: impl Fn(monoio::net::TcpStream)) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
                 handle(stream);
+            }
+            Err(_) if stop::is_stopping() => {
+                // The open connections on this core go on; the stop thread ends the process.
+                monoio::time::sleep(Duration::from_secs(3600)).await;
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off instead of spinning.

@@ -55,7 +55,7 @@ fn health_fails_and_recovers_through_the_admin_paths() {
     );
     let r = c.get("/health");
     assert_eq!(r.status, 503);
-    assert_eq!(r.header("x-server-id"), Some("backend"));
+    assert_eq!(r.header("x-server-id"), Some(host_name().as_str()));
     // The main route keeps working while unhealthy.
     assert_eq!(get(s.addr, "/").status, 200);
     assert_eq!(c.post("/admin/health/ok").status, 200);
@@ -108,7 +108,7 @@ fn pipelined_requests_get_their_answers_in_order() {
     let a = c.read();
     let b = c.read();
     let d = c.read();
-    assert_eq!(a.json()["server"], "backend");
+    assert_eq!(a.json()["server"], host_name().as_str());
     assert_eq!(b.json()["status"], "ok");
     assert_eq!(d.count(), a.count() + 1);
     // The connection is still usable.
@@ -170,7 +170,7 @@ fn body_size_sets_the_exact_root_body_length() {
     assert_eq!(r.body.len(), 1000);
     let text = String::from_utf8(r.body).unwrap();
     let json: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
-    assert_eq!(json["server"], "backend");
+    assert_eq!(json["server"], host_name().as_str());
     c.send(b"HEAD / HTTP/1.1\r\n\r\n");
     let h = c.read_head_only();
     assert_eq!(h.header("content-length"), Some("1000"));
@@ -260,7 +260,7 @@ fn a_malformed_request_gets_400_and_a_close() {
         let r = c.read();
         assert_eq!(r.status, 400, "{bad:?}");
         assert_eq!(r.header("connection"), Some("close"));
-        assert_eq!(r.header("x-server-id"), Some("backend"));
+        assert_eq!(r.header("x-server-id"), Some(host_name().as_str()));
         assert!(c.is_closed());
     }
     assert_eq!(get(s.addr, "/").status, 200, "still serving");
@@ -374,6 +374,26 @@ fn several_cores_share_the_port_and_the_count() {
         max = max.max(r.count());
     }
     assert!(max <= 40, "{max}");
+}
+
+#[test]
+fn a_backend_without_an_id_names_itself_after_its_host_name() {
+    // In a container that is the container's host name, so that every replica of a compose
+    // service answers with its own id (they all used to answer `backend`).
+    let host = host_name();
+    let s = start(&[]);
+    assert!(
+        s.line.starts_with(&format!("backend {host} listening on ")),
+        "{}",
+        s.line
+    );
+    let r = get(s.addr, "/");
+    assert_eq!(r.header("x-server-id"), Some(host.as_str()));
+    assert_eq!(r.json()["server"], host.as_str());
+    assert_eq!(
+        get(s.addr, "/health").header("x-server-id"),
+        Some(host.as_str())
+    );
 }
 
 #[test]

@@ -22,6 +22,15 @@ const SERVER_VARS: [&str; 7] = [
     "BODY_SIZE",
 ];
 
+/// This machine's host name, as the kernel reports it: what a `backend` without `--id` or
+/// `SERVER_ID` calls itself (read here from /proc, apart from the binary's gethostname(2)).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("/proc/sys/kernel/hostname")
+        .trim()
+        .to_string()
+}
+
 /// A running `backend`; dropping it kills the process (by PID) and reaps it.
 pub struct Server {
     pub child: Child,
@@ -61,7 +70,20 @@ pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
 }
 
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backend"));
+    command_under(&[], args, env)
+}
+
+/// The binary run by `prefix` (e.g. `unshare --pid --fork`), or directly if it is empty.
+fn command_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_backend");
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
     cmd.args(args);
     for v in SERVER_VARS {
         cmd.env_remove(v);
@@ -72,7 +94,12 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Starts the binary with exactly these arguments and waits for its start line.
 pub fn start_raw(args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut cmd = command(args, env);
+    start_under(&[], args, env)
+}
+
+/// [`start_raw`] under a wrapper command; `Server::child` is then the wrapper.
+pub fn start_under(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = command_under(prefix, args, env);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     if std::env::var_os("BACKEND_TEST_LOG").is_some() {
         cmd.stderr(Stdio::inherit());
