@@ -150,7 +150,9 @@ def lb_events(log_path, sid):
     """(kind, wall time) of what lb logged about `sid`: DOWN, UP, replica restarted."""
     events = []
     for line in open(log_path, errors="replace"):
-        if f"backend={sid} " not in line and f"id={sid} " not in line:
+        # lb logs backend names escaped (Debug: quoted); replica ids plain.
+        if (f"backend={sid} " not in line and f'backend="{sid}" ' not in line
+                and f"id={sid} " not in line):
             continue
         kind = ("down" if "backend DOWN" in line else "up" if "backend UP" in line
                 else "back" if "accepts connections; back in rotation" in line

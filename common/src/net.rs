@@ -131,6 +131,15 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Errors that say this process is short of something (descriptors, buffers, memory), never that
+/// the peer failed: they must not eject a backend or fail its health check.
+pub fn is_local_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Whether `ip` is one of this machine's addresses (loopback, or on any interface): a backend there,
 /// on the port lb listens on, would be lb itself.
 pub fn is_local_ip(ip: std::net::IpAddr) -> bool {

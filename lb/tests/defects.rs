@@ -788,7 +788,10 @@ fn a_backend_reset_mid_response_reaches_the_client_as_a_reset_in_both_relay_mode
         let mut c = TcpStream::connect(lb.addr).unwrap();
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         let (n, reset) = read_to_end_or_reset(&mut c);
-        assert!(reset, "{mode}: the client saw a clean end after {n} of 5043 bytes");
+        assert!(
+            reset,
+            "{mode}: the client saw a clean end after {n} of 5043 bytes"
+        );
         // The bytes of a connection that ended in an error are counted too.
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
@@ -816,7 +819,9 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
         let c = TcpStream::connect(lb.addr).unwrap();
         (&c).write_all(b"partial upload").unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(c);
         let (n, reset) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(reset, "{mode}: the backend saw a clean end after {n} bytes");
@@ -860,7 +865,160 @@ fn the_replayed_head_of_cookie_hashing_is_counted() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "{s} (request {} bytes, response {})", req.len(), resp.len());
+        assert!(
+            Instant::now() < deadline,
+            "{s} (request {} bytes, response {})",
+            req.len(),
+            resp.len()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// 18. Retries never repeat a backend ---------------------------------------------------------------
+
+/// A listener whose accept queue is full, so that a connect to it times out (the SYN is dropped):
+/// the listener, its address and the connections that fill it.
+fn blackhole() -> (socket2::Socket, SocketAddr, Vec<TcpStream>) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(c) => fill.push(c),
+            Err(_) => break,
+        }
+    }
+    (s, addr, fill)
+}
+
+#[test]
+fn a_retry_never_tries_a_backend_twice_even_past_16_tries() {
+    let holes: Vec<_> = (0..20).map(|_| blackhole()).collect();
+    let mut toml = String::from(
+        "algorithm = \"maglev\"\n[health]\ncheck = \"none\"\n[timeouts]\nconnect_ms = 3\n[retry]\ntries = 20\nbudget_ms = 10000\neject_ms = 1\neject_max_ms = 1\n",
+    );
+    for (i, (_, addr, _)) in holes.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[backends]]\nname = \"h{i}\"\naddress = \"{addr}\"\n"
+        ));
+    }
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 1];
+    let _ = c.read(&mut b); // closed once every try failed
+    let (_, body) = admin_call(lb.admin.unwrap(), None, "GET", "/lb/stats", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fails: Vec<u64> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["connect_failures"].as_u64().unwrap())
+        .collect();
+    assert_eq!(fails.iter().sum::<u64>(), 20, "{fails:?}");
+    assert!(
+        fails.iter().all(|&f| f == 1),
+        "some backend tried twice: {fails:?}"
+    );
+}
+
+// 6. lb's own descriptor shortage ----------------------------------------------------------------
+
+#[test]
+fn with_few_descriptors_lb_pauses_accepting_and_never_blames_a_backend() {
+    let slow = start(
+        "backend",
+        &["--listen", "127.0.0.1:0", "--id", "slow"],
+        &[("MIN_LATENCY", "150"), ("MAX_LATENCY", "150")],
+    );
+    let cfg = tempfile_path::TempPath::new("lb-fds", "toml");
+    std::fs::write(
+        &cfg.0,
+        format!(
+            "[health]\ncheck = \"tcp\"\ninterval_ms = 100\ntimeout_ms = 500\nfall = 1\n[[backends]]\nname = \"slow\"\naddress = \"{}\"\n",
+            slow.addr
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=256:256")
+        .arg(env!("CARGO_BIN_EXE_lb"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("prlimit (util-linux)");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        addrs.push(
+            line.rsplit(' ')
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<SocketAddr>()
+                .unwrap(),
+        );
+    }
+    let lb = Proc {
+        child,
+        addr: addrs[0],
+        admin: Some(addrs[1]),
+    };
+    // 400 clients at once, each waiting 150 ms for its answer: far more than 256 descriptors.
+    let addr = lb.addr;
+    let clients: Vec<_> = (0..400)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .map_err(|e| e.to_string())?;
+                let mut resp = Vec::new();
+                s.read_to_end(&mut resp).map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&resp).to_string();
+                if text.starts_with("HTTP/1.1 200") {
+                    Ok(())
+                } else {
+                    Err(format!("answer {:?}", text.get(..40)))
+                }
+            })
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let (_, body) = admin_call(lb.admin.unwrap(), None, "GET", "/lb/stats", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let b = &v["backends"][0];
+    assert_eq!(
+        failed.len(),
+        0,
+        "{} of 400 failed, e.g. {:?}; stats {v}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(b["connect_failures"], 0, "{v}");
+    assert_eq!(b["state"], "up", "{v}");
+    let no_backend: u64 = v["cores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["no_backend"].as_u64().unwrap())
+        .sum();
+    assert_eq!(no_backend, 0, "{v}");
+    drop(slow);
 }

@@ -241,7 +241,7 @@ fn fault_under_load(fault: Fault) {
 
     // (a) Detection, from lb's log (the line comes right after the new snapshot is published).
     let down_line =
-        |l: &str| l.contains("backend DOWN") && l.contains(&format!("backend={victim} "));
+        |l: &str| l.contains("backend DOWN") && l.contains(&format!("backend=\"{victim}\" "));
     let detect_log = lb
         .stderr
         .wait_for(Duration::from_millis(DETECT_BOUND_MS + 3000), down_line)
@@ -443,7 +443,7 @@ fn fault_under_load(fault: Fault) {
         .stderr
         .all()
         .into_iter()
-        .filter(|(_, l)| l.contains("backend DOWN") && !l.contains(&format!("backend={victim} ")))
+        .filter(|(_, l)| l.contains("backend DOWN") && !l.contains(&format!("backend=\"{victim}\" ")))
         .collect();
     assert!(
         false_downs.is_empty(),

@@ -57,6 +57,33 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// What a failed probe says: about the backend, or about lb itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The backend failed the check.
+    Failed(String),
+    /// lb could not even try (out of descriptors or memory): says nothing of the backend, so it
+    /// neither fails the check nor counts towards `fall`.
+    Local(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Failed(m) => f.write_str(m),
+            ProbeError::Local(m) => write!(f, "lb itself: {m}"),
+        }
+    }
+}
+
+fn connect_error(e: std::io::Error) -> ProbeError {
+    if lb_common::net::is_local_resource_error(&e) {
+        ProbeError::Local(format!("connect: {e}"))
+    } else {
+        ProbeError::Failed(format!("connect: {e}"))
+    }
+}
+
 async fn check_loop(
     shared: Arc<Shared>,
     name: String,
@@ -65,14 +92,31 @@ async fn check_loop(
     stop: Rc<Cell<bool>>,
 ) {
     let (mut passes, mut fails) = (0u32, 0u32);
+    let local_warning = lb_common::logging::RateLimited::default();
     while !stop.get() {
         let started = Instant::now();
         let result = monoio::time::timeout(cfg.timeout, probe(addr, &cfg.check))
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} ms", cfg.timeout.as_millis())));
+            .unwrap_or_else(|_| {
+                Err(ProbeError::Failed(format!(
+                    "no answer within {} ms",
+                    cfg.timeout.as_millis()
+                )))
+            });
         if stop.get() {
             return;
         }
+        let result = match result {
+            Err(ProbeError::Local(why)) => {
+                local_warning.warn(|suppressed| {
+                    tracing::warn!(backend = ?name, reason = %why, suppressed, "health check skipped: lb is short of resources")
+                });
+                monoio::time::sleep(cfg.interval).await;
+                continue;
+            }
+            Err(ProbeError::Failed(why)) => Err(why),
+            Ok(()) => Ok(()),
+        };
         match &result {
             Ok(()) => {
                 passes += 1;
@@ -93,16 +137,16 @@ async fn check_loop(
         match (current, &result) {
             (Some(Health::Up), Err(why)) if fails >= cfg.fall => {
                 if let Ok(g) = shared.set.set_health(&name, Health::Down) {
-                    tracing::warn!(backend = %name, %addr, reason = %why, failed_checks = fails, generation = g, "backend DOWN: out of rotation");
+                    tracing::warn!(backend = ?name, %addr, reason = %why, failed_checks = fails, generation = g, "backend DOWN: out of rotation");
                 }
             }
             (Some(Health::Down), Ok(())) if passes >= cfg.rise => {
                 if let Ok(g) = shared.set.set_health(&name, Health::Up) {
-                    tracing::info!(backend = %name, %addr, passed_checks = passes, generation = g, "backend UP: back in rotation");
+                    tracing::info!(backend = ?name, %addr, passed_checks = passes, generation = g, "backend UP: back in rotation");
                 }
             }
             (Some(_), Err(why)) => {
-                tracing::debug!(backend = %name, reason = %why, fails, "health check failed")
+                tracing::debug!(backend = ?name, reason = %why, fails, "health check failed")
             }
             _ => {}
         }
@@ -117,10 +161,18 @@ async fn check_loop(
 }
 
 /// One check. The caller bounds it with the check timeout.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
-    let mut stream = TcpStream::connect_addr(addr)
+pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    let mut stream = TcpStream::connect_addr(addr).await.map_err(connect_error)?;
+    http_check(&mut stream, addr, check)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Failed)
+}
+
+async fn http_check(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    check: &HealthCheck,
+) -> Result<(), String> {
     let HealthCheck::Http {
         path,
         expect_status,
@@ -160,5 +212,20 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
             Ok(httparse::Status::Partial) => continue,
             Err(e) => return Err(format!("bad response: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shortage_of_lbs_own_is_no_failed_check() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let e = connect_error(std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(e, ProbeError::Local(_)), "{errno}: {e:?}");
+        }
+        let e = connect_error(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(matches!(e, ProbeError::Failed(_)), "{e:?}");
     }
 }

@@ -230,4 +230,12 @@ impl CoreCounters {
     pub fn cores(&self) -> usize {
         self.slots.len()
     }
+
+    /// Open client connections over all cores (another core's count may be a moment old).
+    pub fn active_total(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.active.load(Ordering::Relaxed))
+            .sum()
+    }
 }

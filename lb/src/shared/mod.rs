@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod exit;
+pub mod fds;
 pub mod set;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct Shared {
     pub listener_fds: Vec<RawFd>,
     /// Accept loops running (a new process confirms a takeover once all of them are).
     pub ready: AtomicUsize,
+    /// How many client connections the descriptor limit leaves room for.
+    pub fds: fds::FdBudget,
 }
 
 impl Shared {
@@ -86,7 +89,15 @@ impl Shared {
         listener_fds: Vec<RawFd>,
     ) -> Arc<Shared> {
         let set = Arc::new(BackendSet::new(&config.backends, config.cores));
+        // Kept free for everything but client connections: the admin API at its cap, one health
+        // check per backend, the pools, and the runtime's own descriptors.
+        let reserve = config.admin.max_connections
+            + config.backends.len()
+            + config.pool.idle_per_backend * config.backends.len() * config.cores
+            + 8 * config.cores
+            + 32;
         Arc::new(Shared {
+            fds: fds::FdBudget::new(reserve as u64),
             cores: CoreCounters::new(config.cores),
             lifecycle: Lifecycle::new(),
             listener_fds,

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use lb_common::logging::RateLimited;
 use lb_common::runtime::IoDriver;
 use lb_common::task::spawn_guarded;
 use monoio::net::TcpStream;
@@ -14,6 +15,8 @@ use monoio::net::TcpStream;
 use super::connection::handle;
 use super::Core;
 
+/// How often a loop paused for descriptors looks again: resumes within this of a close.
+const FD_PAUSE: Duration = Duration::from_millis(2);
 /// How often an idle accept loop looks at the lifecycle flags.
 pub(super) const ACCEPT_TICK: Duration = Duration::from_millis(100);
 /// Connections taken per readiness event before yielding to the connections themselves...
@@ -49,9 +52,21 @@ pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>)
     };
     core.shared.ready.fetch_add(1, Ordering::SeqCst);
     let lifecycle = &core.shared.lifecycle;
-    let mut last_warn: Option<Instant> = None;
+    let warn = RateLimited::default();
     let mut batch = ACCEPT_BATCH;
     while !lifecycle.stopping() {
+        // No descriptors for another client and its backend: leave the clients in the
+        // kernel's queue until some connections close, rather than accept and drop them.
+        let fds = &core.shared.fds;
+        if !fds.has_room(core.shared.cores.active_total()) {
+            fds.paused();
+            warn.warn(|suppressed| {
+                tracing::warn!(worker = core.index, limit = fds.limit, connections = fds.capacity(), suppressed,
+                    "file descriptor limit reached: accepting paused until connections close (raise `ulimit -n`)")
+            });
+            monoio::time::sleep(FD_PAUSE).await;
+            continue;
+        }
         let ready = monoio::select! {
             r = listener.readable(false) => Some(r),
             _ = monoio::time::sleep(ACCEPT_TICK) => None,
@@ -61,6 +76,9 @@ pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>)
         }
         let mut emptied = false;
         for _ in 0..batch {
+            if !core.shared.fds.has_room(core.shared.cores.active_total()) {
+                break;
+            }
             match accept(fd) {
                 Ok((stream, peer)) => match TcpStream::from_std(stream) {
                     Ok(stream) => {
@@ -79,11 +97,11 @@ pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>)
                 }
                 Err(e) => {
                     emptied = true;
-                    // Out of file descriptors or memory: back off briefly instead of spinning.
-                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(worker = core.index, error = %e, "accept failed");
-                        last_warn = Some(Instant::now());
-                    }
+                    // Out of file descriptors (taken by something the budget does not see) or
+                    // memory: back off briefly instead of spinning.
+                    warn.warn(|suppressed| {
+                        tracing::warn!(worker = core.index, error = %e, suppressed, "accept failed")
+                    });
                     monoio::time::sleep(Duration::from_millis(10)).await;
                     break;
                 }

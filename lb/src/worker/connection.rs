@@ -8,8 +8,8 @@ use monoio::net::TcpStream;
 
 use crate::balance::{key_from_bytes, key_from_ip};
 use crate::config::{KeySource, RelayMode};
-use crate::proxy::http::peek_key;
 use crate::proxy::abort_on_close;
+use crate::proxy::http::peek_key;
 use crate::proxy::readiness;
 use crate::proxy::tcp;
 

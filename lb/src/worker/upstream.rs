@@ -13,6 +13,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lb_common::logging::RateLimited;
+use lb_common::net::is_local_resource_error;
 use monoio::net::TcpStream;
 
 use crate::balance::{Algorithm, BackendSpec, Balancer, Candidate, HashConfig};
@@ -33,12 +35,13 @@ pub enum ConnectError {
         last_backend: String,
         last: io::Error,
     },
+    /// lb itself is out of a resource (descriptors, buffers, memory).
+    #[error("lb cannot open a backend connection: {0}")]
+    Local(io::Error),
 }
 
 /// Decay time constant of the connect-time EWMA: old samples fade over about ten seconds.
 const EWMA_TAU: Duration = Duration::from_secs(10);
-/// At most one failure warning per backend per core per interval; the rest are counted.
-const WARN_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct LocalBackend {
@@ -47,8 +50,7 @@ struct LocalBackend {
     fails: Cell<u32>,
     ewma_ns: Cell<u64>,
     ewma_at: Cell<Option<Instant>>,
-    last_warn: Cell<Option<Instant>>,
-    suppressed: Cell<u64>,
+    warning: RateLimited,
 }
 
 impl LocalBackend {
@@ -255,17 +257,16 @@ impl CoreUpstream {
     pub async fn connect(&self, key: Option<u64>) -> Result<(TcpStream, ActiveConn), ConnectError> {
         self.refresh();
         let start = Instant::now();
-        let mut tried: [usize; 16] = [usize::MAX; 16];
-        let mut n_tried = 0usize;
+        // Every backend tried for this client, so that no retry picks one twice; filled only
+        // once a try has failed, so the usual connection allocates nothing here.
+        let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(String, io::Error)> = None;
-        while (n_tried as u32) < self.tries {
+        let mut n_tried = 0u32;
+        while n_tried < self.tries {
             let now = Instant::now();
-            let Some(idx) = self.choose(key, &tried[..n_tried.min(16)], now) else {
+            let Some(idx) = self.choose(key, &tried, now) else {
                 break;
             };
-            if n_tried < tried.len() {
-                tried[n_tried] = idx;
-            }
             n_tried += 1;
             // Clone what the await needs so that no borrow is held across it.
             let (backend, local, pool) = {
@@ -291,10 +292,19 @@ impl CoreUpstream {
                     backend.counters.opened(self.core, Some(took));
                     return Ok((stream, self.active(&backend)));
                 }
+                // Out of descriptors or memory: lb's own shortage, not the backend's. Nothing
+                // is ejected or counted against it, and another backend would fare no better.
+                Err(e) if is_local_resource_error(&e) => return Err(ConnectError::Local(e)),
                 Err(e) => {
                     backend.counters.connect_failed(self.core);
                     self.record_failure(&local, &backend.name, &e);
                     last = Some((backend.name.clone(), e));
+                    if tried.capacity() == 0 {
+                        tried.reserve_exact(
+                            (self.tries as usize).min(self.view.borrow().local.len()),
+                        );
+                    }
+                    tried.push(idx);
                 }
             }
             if start.elapsed() >= self.budget {
@@ -304,7 +314,7 @@ impl CoreUpstream {
         match last {
             None => Err(ConnectError::NoneAvailable),
             Some((name, e)) => Err(ConnectError::AllFailed {
-                tries: n_tried as u32,
+                tries: n_tried,
                 last_backend: name,
                 last: e,
             }),
@@ -347,18 +357,10 @@ impl CoreUpstream {
         local.fails.set(fails);
         let eject = eject_for(self.eject, self.eject_max, fails);
         local.eject_until.set(Some(now + eject));
-        let due = local
-            .last_warn
-            .get()
-            .is_none_or(|t| now.duration_since(t) >= WARN_INTERVAL);
-        if due {
-            let suppressed = local.suppressed.replace(0);
-            local.last_warn.set(Some(now));
-            tracing::warn!(backend = %name, core = self.core, error = %e, consecutive = fails, suppressed,
-                eject_ms = eject.as_millis() as u64, "backend connect failed; skipping it for a while");
-        } else {
-            local.suppressed.set(local.suppressed.get() + 1);
-        }
+        local.warning.warn(|suppressed| {
+            tracing::warn!(backend = ?name, core = self.core, error = %e, consecutive = fails, suppressed,
+                eject_ms = eject.as_millis() as u64, "backend connect failed; skipping it for a while")
+        });
     }
 }
 

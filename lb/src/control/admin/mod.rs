@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lb_common::logging::RateLimited;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -30,15 +31,11 @@ use routes::Response;
 
 /// How long a hostname in `POST /lb/backends` may take to resolve.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
-/// At most one warning per interval for the same admin condition.
-const WARN_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Connections being served, over both listeners.
 #[derive(Default)]
 pub struct Slots {
     open: Cell<usize>,
-    last_warn: Cell<Option<Instant>>,
-    suppressed: Cell<u64>,
+    warning: RateLimited,
 }
 
 impl Slots {
@@ -60,17 +57,7 @@ impl Slots {
     }
 
     fn warn(&self, log: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self
-            .last_warn
-            .get()
-            .is_none_or(|t| now.duration_since(t) >= WARN_INTERVAL)
-        {
-            self.last_warn.set(Some(now));
-            log(self.suppressed.replace(0));
-        } else {
-            self.suppressed.set(self.suppressed.get() + 1);
-        }
+        self.warning.warn(log)
     }
 }
 
