@@ -1022,3 +1022,43 @@ fn with_few_descriptors_lb_pauses_accepting_and_never_blames_a_backend() {
     assert_eq!(no_backend, 0, "{v}");
     drop(slow);
 }
+
+// 13. Passive ejection shows -----------------------------------------------------------------------
+
+#[test]
+fn a_passively_ejected_backend_shows_as_ejected_in_stats_and_metrics() {
+    let a = backend("a");
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = gone.local_addr().unwrap();
+    drop(gone);
+    let toml = format!(
+        "[health]\ncheck = \"none\"\n[retry]\neject_ms = 30000\neject_max_ms = 30000\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n[[backends]]\nname = \"dead\"\naddress = \"{dead}\"\n",
+        a.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    for _ in 0..4 {
+        request_id(lb.addr, None, "").unwrap();
+    }
+    let s = backend_stats(&lb, "dead");
+    assert_eq!(s["state"], "ejected", "{s}");
+    assert_eq!(s["ejected_cores"], serde_json::json!([0]), "{s}");
+    assert_eq!(backend_stats(&lb, "a")["state"], "up");
+    let (_, text) = admin_call(lb.admin.unwrap(), None, "GET", "/metrics", "");
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix) && l.contains("backend=\"dead\""))
+            .unwrap_or_else(|| panic!("no {prefix} for dead in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line("lb_backend_up{").ends_with(" 0"),
+        "{}",
+        line("lb_backend_up{")
+    );
+    assert!(line("lb_backend_ejected{").contains("core=\"0\""), "{text}");
+    assert!(line("lb_backend_ejected{").ends_with(" 1"), "{text}");
+    assert!(
+        line("lb_backend_ejections_total{").ends_with(" 1"),
+        "{text}"
+    );
+}

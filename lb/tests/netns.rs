@@ -443,7 +443,9 @@ fn fault_under_load(fault: Fault) {
         .stderr
         .all()
         .into_iter()
-        .filter(|(_, l)| l.contains("backend DOWN") && !l.contains(&format!("backend=\"{victim}\" ")))
+        .filter(|(_, l)| {
+            l.contains("backend DOWN") && !l.contains(&format!("backend=\"{victim}\" "))
+        })
         .collect();
     assert!(
         false_downs.is_empty(),

@@ -175,7 +175,8 @@ fn metrics_parse_as_prometheus_text() {
     assert_eq!(code, 200);
     // Parse with Python's prometheus_client when installed (.ci/run installs it), else with a
     // line check of the exposition format.
-    let py = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfams = {f.name: f for f in p(sys.stdin.read())}\nprint(sorted(fams))\nassert 'lb_backend_connections' in fams or 'lb_backend_connections_total' in fams\nassert 'lb_backend_connect_seconds' in fams\n";
+    // Both parsers: Prometheus's text format, and the stricter OpenMetrics one lb declares.
+    let py = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as om\ntext = sys.stdin.read()\nfams = {f.name: f for f in p(text)}\nprint(sorted(fams))\nassert 'lb_backend_connections' in fams or 'lb_backend_connections_total' in fams\nassert 'lb_backend_connect_seconds' in fams\nofams = {f.name: f for f in om(text)}\nassert ofams['lb_backend_connections'].type == 'counter', ofams\nassert ofams['lb_backend_connect_seconds'].type == 'histogram'\nassert ofams['lb_backend_ejected'].type == 'gauge'\n";
     let out = std::process::Command::new("python3")
         .args(["-c", py])
         .stdin(std::process::Stdio::piped())

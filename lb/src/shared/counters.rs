@@ -6,7 +6,16 @@
 //! generations: they live in an `Arc` that each snapshot entry points to.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Milliseconds on a process-wide monotonic clock (from its first use), so that a moment can live
+/// in an atomic; 0 is never a real moment (it means "none").
+pub fn clock_ms(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
+    t.saturating_duration_since(epoch).as_millis() as u64
+}
 
 /// Connect-time histogram buckets: bucket i counts connects that took < 2^i microseconds
 /// (the last bucket takes everything slower).
@@ -22,6 +31,9 @@ struct Slot {
     bytes_to_client: AtomicU64,
     connect_us: [AtomicU64; CONNECT_BUCKETS],
     connect_us_sum: AtomicU64,
+    /// This core skips the backend until then ([`clock_ms`]); 0: not ejected.
+    ejected_until_ms: AtomicU64,
+    ejections: AtomicU64,
 }
 
 /// Counters of one backend, `cores` slots.
@@ -51,6 +63,10 @@ pub struct CounterTotals {
     /// Connects per bucket (see [`CONNECT_BUCKETS`]).
     pub connect_buckets: Vec<u64>,
     pub connect_seconds_sum: f64,
+    /// The cores that passively eject the backend right now.
+    pub ejected_cores: Vec<usize>,
+    /// Passive ejections so far, over all cores.
+    pub ejections: u64,
 }
 
 impl CounterTotals {
@@ -108,6 +124,35 @@ impl BackendCounters {
         bump(&self.slots[core].connect_failures, 1);
     }
 
+    /// Core `core` only: it skips this backend until `until` (passive ejection).
+    pub fn ejected(&self, core: usize, until: Instant) {
+        let s = &self.slots[core];
+        s.ejected_until_ms.store(clock_ms(until), Ordering::Relaxed);
+        bump(&s.ejections, 1);
+    }
+
+    /// Core `core` only: it no longer skips this backend.
+    pub fn unejected(&self, core: usize) {
+        self.slots[core]
+            .ejected_until_ms
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// The cores that skip this backend at `now`.
+    pub fn ejected_cores(&self, now: Instant) -> Vec<usize> {
+        let now = clock_ms(now);
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.ejected_until_ms.load(Ordering::Relaxed) > now)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    pub fn cores(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Open connections over all cores; another core's count may be a moment old.
     pub fn active(&self) -> u64 {
         sum(&self.slots, |s| &s.active)
@@ -124,6 +169,8 @@ impl BackendCounters {
                 .map(|i| sum(&self.slots, |s| &s.connect_us[i]))
                 .collect(),
             connect_seconds_sum: sum(&self.slots, |s| &s.connect_us_sum) as f64 / 1e6,
+            ejected_cores: self.ejected_cores(Instant::now()),
+            ejections: sum(&self.slots, |s| &s.ejections),
         }
     }
 }
@@ -144,6 +191,19 @@ mod tests {
         assert_eq!((t.active, t.total, t.connect_failures), (2, 3, 1));
         assert_eq!((t.bytes_to_backend, t.bytes_to_client), (10, 20));
         assert_eq!(t.connect_buckets.iter().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn an_ejection_shows_on_its_core_until_it_ends_or_is_cleared() {
+        let c = BackendCounters::new(3);
+        let t0 = Instant::now();
+        c.ejected(1, t0 + Duration::from_secs(2));
+        c.ejected(2, t0 + Duration::from_secs(5));
+        assert_eq!(c.ejected_cores(t0), [1, 2]);
+        assert_eq!(c.ejected_cores(t0 + Duration::from_secs(3)), [2]);
+        c.unejected(2);
+        assert!(c.ejected_cores(t0).len() == 1);
+        assert_eq!(c.totals().ejections, 2);
     }
 
     #[test]

@@ -64,14 +64,16 @@ impl LocalBackend {
         new_since: Option<Instant>,
         name: &str,
         core: usize,
-    ) {
+    ) -> bool {
         if old_since == new_since {
-            return;
+            return false;
         }
         self.fails.set(0);
-        if self.eject_until.take().is_some() {
-            tracing::info!(backend = %name, core, "backend is back: passive ejection cleared");
+        let cleared = self.eject_until.take().is_some();
+        if cleared {
+            tracing::info!(backend = ?name, core, "backend is back: passive ejection cleared");
         }
+        cleared
     }
 }
 
@@ -186,7 +188,9 @@ impl CoreUpstream {
             .map(|b| {
                 let kept = old_index(&b.name).and_then(|i| {
                     let local = view.local.get(i).cloned()?;
-                    local.carry_over(view.snap.backends[i].since, b.since, &b.name, self.core);
+                    if local.carry_over(view.snap.backends[i].since, b.since, &b.name, self.core) {
+                        b.counters.unejected(self.core);
+                    }
                     Some(local)
                 });
                 kept.unwrap_or_default()
@@ -288,7 +292,7 @@ impl CoreUpstream {
             match connect_one(backend.address, limit).await {
                 Ok(stream) => {
                     let took = now.elapsed();
-                    self.record_success(&local, &backend.name, took);
+                    self.record_success(&local, &backend, took);
                     backend.counters.opened(self.core, Some(took));
                     return Ok((stream, self.active(&backend)));
                 }
@@ -297,7 +301,7 @@ impl CoreUpstream {
                 Err(e) if is_local_resource_error(&e) => return Err(ConnectError::Local(e)),
                 Err(e) => {
                     backend.counters.connect_failed(self.core);
-                    self.record_failure(&local, &backend.name, &e);
+                    self.record_failure(&local, &backend, &e);
                     last = Some((backend.name.clone(), e));
                     if tried.capacity() == 0 {
                         tried.reserve_exact(
@@ -330,7 +334,7 @@ impl CoreUpstream {
         }
     }
 
-    fn record_success(&self, local: &LocalBackend, name: &str, took: Duration) {
+    fn record_success(&self, local: &LocalBackend, backend: &set::Backend, took: Duration) {
         let now = Instant::now();
         let sample = took.as_nanos() as u64;
         let prev = local.ewma_ns.get();
@@ -347,16 +351,19 @@ impl CoreUpstream {
         local.ewma_at.set(Some(now));
         local.fails.set(0);
         if local.eject_until.take().is_some() {
-            tracing::info!(backend = %name, core = self.core, "backend accepts connections again");
+            backend.counters.unejected(self.core);
+            tracing::info!(backend = ?backend.name, core = self.core, "backend accepts connections again");
         }
     }
 
-    fn record_failure(&self, local: &LocalBackend, name: &str, e: &io::Error) {
+    fn record_failure(&self, local: &LocalBackend, backend: &set::Backend, e: &io::Error) {
         let now = Instant::now();
+        let name = &backend.name;
         let fails = local.fails.get().saturating_add(1);
         local.fails.set(fails);
         let eject = eject_for(self.eject, self.eject_max, fails);
         local.eject_until.set(Some(now + eject));
+        backend.counters.ejected(self.core, now + eject);
         local.warning.warn(|suppressed| {
             tracing::warn!(backend = ?name, core = self.core, error = %e, consecutive = fails, suppressed,
                 eject_ms = eject.as_millis() as u64, "backend connect failed; skipping it for a while")

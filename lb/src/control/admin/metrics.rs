@@ -1,179 +1,248 @@
-//! `GET /metrics`: the Prometheus text exposition (version 0.0.4).
+//! `GET /metrics`: the OpenMetrics text exposition, encoded by `prometheus-client` (escaping,
+//! types, `_total` suffixes and the `# EOF` trailer come from the library) from a collector that
+//! reads lb's own lock-free counters at scrape time.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::shared::counters::{CounterTotals, CONNECT_BUCKETS};
 use crate::shared::Shared;
 
-/// Prometheus text exposition (version 0.0.4).
-pub fn metrics(shared: &Shared) -> String {
-    let snap = shared.set.load();
-    let totals: Vec<(String, String, CounterTotals, bool, u32)> = snap
-        .backends
-        .iter()
-        .map(|b| {
-            (
-                escape(&b.name),
-                b.address.to_string(),
-                b.counters.totals(),
-                b.eligible(),
-                b.weight,
-            )
-        })
-        .collect();
-    let mut out = String::with_capacity(4096);
-    let mut family =
-        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, String)>| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
-        };
-    let lbl = |n: &str, a: &str| format!("{{backend=\"{n}\",address=\"{a}\"}}");
-    family(
-        "lb_backend_up",
-        "gauge",
-        "1 if the backend takes new connections (healthy, not draining).",
-        &mut totals
-            .iter()
-            .map(|(n, a, _, up, _)| (lbl(n, a), (*up as u8).to_string())),
-    );
-    family(
-        "lb_backend_weight",
-        "gauge",
-        "Configured weight of the backend.",
-        &mut totals
-            .iter()
-            .map(|(n, a, _, _, w)| (lbl(n, a), w.to_string())),
-    );
-    family(
-        "lb_backend_active_connections",
-        "gauge",
-        "Open proxied connections to the backend.",
-        &mut totals
-            .iter()
-            .map(|(n, a, t, _, _)| (lbl(n, a), t.active.to_string())),
-    );
-    family(
-        "lb_backend_connections_total",
-        "counter",
-        "Proxied connections opened to the backend.",
-        &mut totals
-            .iter()
-            .map(|(n, a, t, _, _)| (lbl(n, a), t.total.to_string())),
-    );
-    family(
-        "lb_backend_connect_failures_total",
-        "counter",
-        "Failed connects to the backend.",
-        &mut totals
-            .iter()
-            .map(|(n, a, t, _, _)| (lbl(n, a), t.connect_failures.to_string())),
-    );
-    family(
-        "lb_backend_sent_bytes_total",
-        "counter",
-        "Bytes relayed to the backend (counted when a connection ends).",
-        &mut totals
-            .iter()
-            .map(|(n, a, t, _, _)| (lbl(n, a), t.bytes_to_backend.to_string())),
-    );
-    family(
-        "lb_backend_received_bytes_total",
-        "counter",
-        "Bytes relayed from the backend to clients (counted when a connection ends).",
-        &mut totals
-            .iter()
-            .map(|(n, a, t, _, _)| (lbl(n, a), t.bytes_to_client.to_string())),
-    );
-    let mut hist = Vec::new();
-    for (n, a, t, _, _) in &totals {
-        let mut cum = 0;
-        for (i, c) in t.connect_buckets.iter().enumerate() {
-            cum += c;
-            let le = if i + 1 == CONNECT_BUCKETS {
-                "+Inf".to_string()
-            } else {
-                format!("{}", (1u64 << i) as f64 / 1e6)
-            };
-            hist.push((
-                format!("_bucket{{backend=\"{n}\",address=\"{a}\",le=\"{le}\"}}"),
-                cum.to_string(),
-            ));
-        }
-        hist.push((
-            format!("_sum{}", lbl(n, a)),
-            format!("{}", t.connect_seconds_sum),
-        ));
-        hist.push((format!("_count{}", lbl(n, a)), cum.to_string()));
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lb_backend_connect_seconds Time to connect to the backend."
-    );
-    let _ = writeln!(out, "# TYPE lb_backend_connect_seconds histogram");
-    for (suffix, v) in hist {
-        let _ = writeln!(out, "lb_backend_connect_seconds{suffix} {v}");
-    }
-    let cores: Vec<_> = (0..shared.cores.cores())
-        .map(|i| (i, shared.cores.get(i)))
-        .collect();
-    let mut family2 = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    family2(
-        "lb_core_accepted_connections_total",
-        "counter",
-        "Client connections accepted by each core.",
-        cores
-            .iter()
-            .map(|(i, c)| (format!("{{core=\"{i}\"}}"), c.accepted.to_string()))
-            .collect(),
-    );
-    family2(
-        "lb_core_active_connections",
-        "gauge",
-        "Open client connections on each core.",
-        cores
-            .iter()
-            .map(|(i, c)| (format!("{{core=\"{i}\"}}"), c.active.to_string()))
-            .collect(),
-    );
-    family2(
-        "lb_core_no_backend_total",
-        "counter",
-        "Clients closed because no backend could be reached.",
-        cores
-            .iter()
-            .map(|(i, c)| (format!("{{core=\"{i}\"}}"), c.no_backend.to_string()))
-            .collect(),
-    );
-    family2(
-        "lb_config_generation",
-        "gauge",
-        "Generation of the backend set in force.",
-        vec![(String::new(), shared.set.generation().to_string())],
-    );
-    family2(
-        "lb_uptime_seconds",
-        "gauge",
-        "Seconds since lb started.",
-        vec![(
-            String::new(),
-            format!("{:.3}", shared.lifecycle.uptime().as_secs_f64()),
-        )],
-    );
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape's text.
+pub fn metrics(shared: &Arc<Shared>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(LbCollector(shared.clone())));
+    let mut out = String::with_capacity(8192);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
-/// Label values escape backslash, quote and newline.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+struct LbCollector(Arc<Shared>);
+
+impl std::fmt::Debug for LbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LbCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: name, help, type and its samples.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for LbCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let shared = &self.0;
+        let snap = shared.set.load();
+        let cores = shared.cores.cores();
+        let rows: Vec<(Labels, CounterTotals, bool, u32)> = snap
+            .backends
+            .iter()
+            .map(|b| {
+                let labels = vec![
+                    ("backend", b.name.clone()),
+                    ("address", b.address.to_string()),
+                ];
+                let t = b.counters.totals();
+                // Eligible and not skipped by every core: it takes new connections.
+                let up = b.eligible() && t.ejected_cores.len() < cores;
+                (labels, t, up, b.weight)
+            })
+            .collect();
+        let gauge = |f: &dyn Fn(&CounterTotals, bool, u32) -> i64| {
+            rows.iter()
+                .map(move |(l, t, up, w)| (l.clone(), ConstGauge::new(f(t, *up, *w))))
+                .collect::<Vec<_>>()
+        };
+        let counter = |f: &dyn Fn(&CounterTotals) -> u64| {
+            rows.iter()
+                .map(move |(l, t, _, _)| (l.clone(), ConstCounter::new(f(t))))
+                .collect::<Vec<_>>()
+        };
+        family(&mut enc, "lb_backend_up", "1 if the backend takes new connections (healthy, not draining, not passively ejected by every core).", MetricType::Gauge, gauge(&|_, up, _| up as i64))?;
+        family(
+            &mut enc,
+            "lb_backend_weight",
+            "Weight of the backend in force.",
+            MetricType::Gauge,
+            gauge(&|_, _, w| w as i64),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_active_connections",
+            "Open proxied connections to the backend.",
+            MetricType::Gauge,
+            gauge(&|t, _, _| t.active as i64),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_connections",
+            "Proxied connections opened to the backend.",
+            MetricType::Counter,
+            counter(&|t| t.total),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_connect_failures",
+            "Failed connects to the backend.",
+            MetricType::Counter,
+            counter(&|t| t.connect_failures),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_sent_bytes",
+            "Bytes relayed to the backend (counted when a connection ends, however it ends).",
+            MetricType::Counter,
+            counter(&|t| t.bytes_to_backend),
+        )?;
+        family(&mut enc, "lb_backend_received_bytes", "Bytes relayed from the backend to clients (counted when a connection ends, however it ends).", MetricType::Counter, counter(&|t| t.bytes_to_client))?;
+        family(
+            &mut enc,
+            "lb_backend_ejections",
+            "Passive ejections of the backend after failed connects, over all cores.",
+            MetricType::Counter,
+            counter(&|t| t.ejections),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_ejected_cores",
+            "Cores that passively eject the backend now.",
+            MetricType::Gauge,
+            gauge(&|t, _, _| t.ejected_cores.len() as i64),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_ejected",
+            "1 if this core passively ejects the backend now (it skips the backend after failed connects).",
+            MetricType::Gauge,
+            rows.iter().flat_map(|(l, t, _, _)| {
+                (0..cores).map(move |c| {
+                    let mut l = l.clone();
+                    l.push(("core", c.to_string()));
+                    (l, ConstGauge::new(t.ejected_cores.contains(&c) as i64))
+                })
+            }),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "lb_backend_connect_seconds",
+                "Time to connect to the backend.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (labels, t, _, _) in &rows {
+                let buckets: Vec<(f64, u64)> = t
+                    .connect_buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let le = if i + 1 == CONNECT_BUCKETS {
+                            f64::INFINITY
+                        } else {
+                            (1u64 << i) as f64 / 1e6
+                        };
+                        (le, *c)
+                    })
+                    .collect();
+                let count = t.connect_buckets.iter().sum();
+                m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                    t.connect_seconds_sum,
+                    count,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        let per_core = |f: &dyn Fn(usize) -> u64| {
+            (0..cores)
+                .map(move |i| (vec![("core", i.to_string())], f(i)))
+                .collect::<Vec<_>>()
+        };
+        let c = &shared.cores;
+        family(
+            &mut enc,
+            "lb_core_accepted_connections",
+            "Client connections accepted by each core.",
+            MetricType::Counter,
+            per_core(&|i| c.get(i).accepted)
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut enc,
+            "lb_core_active_connections",
+            "Open client connections on each core.",
+            MetricType::Gauge,
+            per_core(&|i| c.get(i).active)
+                .into_iter()
+                .map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        family(
+            &mut enc,
+            "lb_core_no_backend",
+            "Clients closed because no backend could be reached.",
+            MetricType::Counter,
+            per_core(&|i| c.get(i).no_backend)
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        let none = || -> Labels { Vec::new() };
+        family(
+            &mut enc,
+            "lb_config_generation",
+            "Generation of the backend set in force.",
+            MetricType::Gauge,
+            [(none(), ConstGauge::new(shared.set.generation() as i64))],
+        )?;
+        family(
+            &mut enc,
+            "lb_uptime_seconds",
+            "Seconds since lb started.",
+            MetricType::Gauge,
+            [(
+                none(),
+                ConstGauge::new(shared.lifecycle.uptime().as_secs_f64()),
+            )],
+        )?;
+        family(
+            &mut enc,
+            "lb_fd_limit",
+            "The file descriptor limit (RLIMIT_NOFILE) lb runs with.",
+            MetricType::Gauge,
+            [(none(), ConstGauge::new(shared.fds.limit as i64))],
+        )?;
+        family(
+            &mut enc,
+            "lb_accept_paused_for_fds",
+            "Times an accept loop paused because no descriptors were left for another connection.",
+            MetricType::Counter,
+            [(
+                none(),
+                ConstCounter::new(shared.fds.pauses.load(std::sync::atomic::Ordering::Relaxed)),
+            )],
+        )?;
+        Ok(())
+    }
 }

@@ -142,7 +142,11 @@ where
 }
 
 /// One request, one answer, then close. The caller bounds the whole of it.
-async fn connection<S: AsyncReadRent + AsyncWriteRent>(mut stream: S, via: Via, shared: &Shared) {
+async fn connection<S: AsyncReadRent + AsyncWriteRent>(
+    mut stream: S,
+    via: Via,
+    shared: &Arc<Shared>,
+) {
     let response = match read_request(&mut stream).await {
         Ok(Some(req)) => match guard::check(&req, via, &shared.config.admin) {
             Ok(()) => handle(&req, shared).await,
@@ -191,7 +195,7 @@ async fn read_request<S: AsyncReadRent>(stream: &mut S) -> Result<Option<Request
     }
 }
 
-async fn handle(req: &Request, shared: &Shared) -> Response {
+async fn handle(req: &Request, shared: &Arc<Shared>) -> Response {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     if req.method != "POST" || segs != ["lb", "backends"] {
         return routes::route(req, shared);

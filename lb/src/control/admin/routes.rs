@@ -6,6 +6,7 @@
 //! - `POST /lb/backends/NAME/drain`, `POST /lb/backends/NAME/undrain`
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -136,7 +137,7 @@ pub fn add_backend(shared: &Shared, add: &AddBackend, addr: SocketAddr) -> Respo
 }
 
 /// Every route but `POST /lb/backends`, whose address lookup the caller does first.
-pub fn route(req: &Request, shared: &Shared) -> Response {
+pub fn route(req: &Request, shared: &Arc<Shared>) -> Response {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => {
@@ -150,7 +151,7 @@ pub fn route(req: &Request, shared: &Shared) -> Response {
         ("GET", ["lb", "stats"]) => Response::json(200, stats::stats(shared).to_string()),
         ("GET", ["metrics"]) => Response {
             status: 200,
-            content_type: "text/plain; version=0.0.4",
+            content_type: metrics::CONTENT_TYPE,
             body: metrics::metrics(shared),
             headers: Vec::new(),
         },

@@ -6,14 +6,23 @@ use crate::shared::Shared;
 
 pub fn backends_json(shared: &Shared) -> Vec<Value> {
     let snap = shared.set.load();
+    let cores = shared.cores.cores();
     snap.backends
         .iter()
         .map(|b| {
             let t = b.counters.totals();
+            // Healthy and undrained, but skipped by every core after failed connects.
+            let state = if b.eligible() && t.ejected_cores.len() >= cores {
+                "ejected"
+            } else {
+                b.state_name()
+            };
             json!({
                 "name": b.name,
                 "address": b.address.to_string(),
-                "state": b.state_name(),
+                "state": state,
+                "ejected_cores": t.ejected_cores,
+                "ejections_total": t.ejections,
                 "weight": b.weight,
                 "active_connections": t.active,
                 "connections_total": t.total,
