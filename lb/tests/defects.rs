@@ -1062,3 +1062,66 @@ fn a_passively_ejected_backend_shows_as_ejected_in_stats_and_metrics() {
         "{text}"
     );
 }
+
+// 7. Balancer tables are built off the cores -------------------------------------------------------
+
+#[test]
+fn adding_100_heavy_backends_under_consistent_hash_never_stalls_the_clients() {
+    let backs: Vec<Proc> = (0..3).map(|i| backend(&format!("s{i}"))).collect();
+    let mut toml = String::from("algorithm = \"consistent_hash\"\n[health]\ncheck = \"none\"\n");
+    for b in &backs {
+        toml.push_str(&format!(
+            "[[backends]]\nname = \"{}\"\naddress = \"{}\"\n",
+            b.addr, b.addr
+        ));
+    }
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let adm = lb.admin.unwrap();
+    let load = loadgen_background(
+        lb.addr,
+        &[
+            "--rate",
+            "300",
+            "--conns",
+            "16",
+            "--new-connection",
+            "--duration",
+            "6s",
+            "--timeout",
+            "2s",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut added, mut refused) = (0, 0);
+    let started = Instant::now();
+    for i in 0..100 {
+        let addr = backs[i % 3].addr;
+        let (code, body) = admin_call(
+            adm,
+            None,
+            "POST",
+            "/lb/backends",
+            &format!("{{\"address\": \"{addr}\", \"name\": \"heavy{i}\", \"weight\": 1000}}"),
+        );
+        match code {
+            201 => added += 1,
+            400 if body.contains("points") => refused += 1,
+            _ => panic!("{code} {body}"),
+        }
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let report = load.join().unwrap();
+    let p99 = report["latency_ms"]["p99"].as_f64().unwrap();
+    assert_eq!(
+        report["errors"], 0,
+        "{} (added {added}, refused {refused})",
+        report["errors_by_kind"]
+    );
+    assert!(
+        p99 < 50.0,
+        "p99 {p99} ms while backends were added (added {added}, refused {refused})"
+    );
+    assert!(added > 0, "no backend added");
+}

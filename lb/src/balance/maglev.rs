@@ -2,6 +2,7 @@
 //! permutations, giving even load and small disruption with O(1) lookups.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use super::hash::fmix64;
 use super::round_robin::RoundRobin;
@@ -33,8 +34,9 @@ pub const PROBES: u64 = 12;
 /// never move.
 #[derive(Clone)]
 pub struct Maglev {
-    /// Backend index per slot; `len()` is the prime table size, or 0 with no backends.
-    table: Vec<u32>,
+    /// Backend index per slot; `len()` is the prime table size, or 0 with no backends. Built once
+    /// per change to the backend set and shared by every core.
+    table: Arc<Vec<u32>>,
     /// Picks made without a key still need a backend.
     fallback: RoundRobin,
 }
@@ -77,72 +79,81 @@ struct Builder {
     target: u64,
 }
 
-impl Maglev {
-    /// Builds the table. The size is `maglev_table_size` rounded up to a prime (a composite
-    /// size would leave some permutations unable to reach every slot) and to at least the
-    /// number of backends.
-    pub fn new(specs: &[BackendSpec], hash: &HashConfig, seed: u64) -> Maglev {
-        let fallback = RoundRobin::new(specs.len(), seed);
-        if specs.is_empty() {
-            return Maglev {
-                table: Vec::new(),
-                fallback,
-            };
-        }
-        let m = next_prime(hash.maglev_table_size.max(specs.len() as u64));
+/// Builds the table. The size is `maglev_table_size` rounded up to a prime (a composite
+/// size would leave some permutations unable to reach every slot) and to at least the
+/// number of backends.
+pub fn build_table(specs: &[BackendSpec], hash: &HashConfig) -> Vec<u32> {
+    if specs.is_empty() {
+        return Vec::new();
+    }
+    let m = next_prime(hash.maglev_table_size.max(specs.len() as u64));
 
-        // Turn order decides who claims contested slots, so it follows names, not input order.
-        let mut order: Vec<usize> = (0..specs.len()).collect();
-        order.sort_by(|&a, &b| specs[a].name.cmp(&specs[b].name).then(a.cmp(&b)));
+    // Turn order decides who claims contested slots, so it follows names, not input order.
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by(|&a, &b| specs[a].name.cmp(&specs[b].name).then(a.cmp(&b)));
 
-        let mut label = String::new();
-        let mut salted = |name: &str, salt: &str| {
-            label.clear();
-            // Writing to a String cannot fail.
-            let _ = write!(label, "{name}#{salt}");
-            hash.node_hash.hash(label.as_bytes())
-        };
-        let mut builders: Vec<Builder> = order
-            .into_iter()
-            .map(|i| {
-                let name = specs[i].name.as_str();
-                Builder {
-                    idx: i as u32,
-                    pos: salted(name, "maglev-offset") % m,
-                    skip: salted(name, "maglev-skip") % (m - 1) + 1,
-                    weight: u64::from(specs[i].weight.max(1)),
-                    target: 0,
-                }
-            })
-            .collect();
-        let max_weight = builders.iter().map(|b| b.weight).max().unwrap_or(1);
-
-        let mut table = vec![EMPTY; m as usize];
-        let mut filled = 0u64;
-        let mut round = 1u64;
-        while filled < m {
-            for b in builders.iter_mut() {
-                if filled == m {
-                    break;
-                }
-                // A backend of weight w takes a turn when round * w has caught up with its
-                // target, which grows by max_weight per turn: w turns per max_weight rounds.
-                if round * b.weight < b.target {
-                    continue;
-                }
-                b.target += max_weight;
-                // m is prime and 0 < skip < m, so the permutation reaches every slot and
-                // this finds a free one while any is left.
-                while table[b.pos as usize] != EMPTY {
-                    b.pos = (b.pos + b.skip) % m;
-                }
-                table[b.pos as usize] = b.idx;
-                b.pos = (b.pos + b.skip) % m;
-                filled += 1;
+    let mut label = String::new();
+    let mut salted = |name: &str, salt: &str| {
+        label.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(label, "{name}#{salt}");
+        hash.node_hash.hash(label.as_bytes())
+    };
+    let mut builders: Vec<Builder> = order
+        .into_iter()
+        .map(|i| {
+            let name = specs[i].name.as_str();
+            Builder {
+                idx: i as u32,
+                pos: salted(name, "maglev-offset") % m,
+                skip: salted(name, "maglev-skip") % (m - 1) + 1,
+                weight: u64::from(specs[i].weight.max(1)),
+                target: 0,
             }
-            round += 1;
+        })
+        .collect();
+    let max_weight = builders.iter().map(|b| b.weight).max().unwrap_or(1);
+
+    let mut table = vec![EMPTY; m as usize];
+    let mut filled = 0u64;
+    let mut round = 1u64;
+    while filled < m {
+        for b in builders.iter_mut() {
+            if filled == m {
+                break;
+            }
+            // A backend of weight w takes a turn when round * w has caught up with its
+            // target, which grows by max_weight per turn: w turns per max_weight rounds.
+            if round * b.weight < b.target {
+                continue;
+            }
+            b.target += max_weight;
+            // m is prime and 0 < skip < m, so the permutation reaches every slot and
+            // this finds a free one while any is left.
+            while table[b.pos as usize] != EMPTY {
+                b.pos = (b.pos + b.skip) % m;
+            }
+            table[b.pos as usize] = b.idx;
+            b.pos = (b.pos + b.skip) % m;
+            filled += 1;
         }
-        Maglev { table, fallback }
+        round += 1;
+    }
+    table
+}
+
+impl Maglev {
+    /// Builds the table here; see [`build_table`].
+    pub fn new(specs: &[BackendSpec], hash: &HashConfig, seed: u64) -> Maglev {
+        Maglev::with_table(Arc::new(build_table(specs, hash)), specs.len(), seed)
+    }
+
+    /// A balancer on a table built elsewhere for `n` backends.
+    pub fn with_table(table: Arc<Vec<u32>>, n: usize, seed: u64) -> Maglev {
+        Maglev {
+            table,
+            fallback: RoundRobin::new(n, seed),
+        }
     }
 
     /// Number of slots (prime), 0 with no backends.
@@ -212,7 +223,7 @@ mod tests {
 
     fn slots_per_backend(m: &Maglev, n: usize) -> Vec<usize> {
         let mut counts = vec![0; n];
-        for &b in &m.table {
+        for &b in m.table.iter() {
             counts[b as usize] += 1;
         }
         counts

@@ -32,6 +32,7 @@ mod test_support;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 pub use hash::{HashFn, ParseHashFnError};
 
@@ -226,7 +227,101 @@ pub enum Balancer {
     Maglev(maglev::Maglev),
 }
 
+/// What a hash algorithm looks keys up in, built once per change to the backend set (by the
+/// control plane, which publishes it with the snapshot) and shared by every core's balancer: a
+/// core never stalls its connections to build one. Measured before: adding 100 weight-1000
+/// backends under `consistent_hash` rebuilt a 6.5M-point ring inside a connection on every core
+/// after every change, 7 s without a completed request at 300 req/s and RSS 5.6 -> 254 MB.
+#[derive(Clone, Default)]
+pub enum Table {
+    /// The algorithm needs none.
+    #[default]
+    None,
+    Ring(Arc<ring_hash::RingPoints>),
+    Maglev(Arc<Vec<u32>>),
+}
+
+// By hand: the derived form would print every point.
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Table::None => f.write_str("Table::None"),
+            Table::Ring(p) => write!(f, "Table::Ring({} points)", p.len()),
+            Table::Maglev(t) => write!(f, "Table::Maglev({} slots)", t.len()),
+        }
+    }
+}
+
+/// A table that would break the documented bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the consistent_hash ring would have {points} points (hash.virtual_nodes x each weight, at most \
+     65536 per backend); the limit is {limit}: lower the weights or hash.virtual_nodes, or use maglev"
+)]
+pub struct TableError {
+    pub points: u64,
+    pub limit: u64,
+}
+
+impl Table {
+    /// Whether the table `alg` needs for `specs` is within its bounds, without building it.
+    pub fn check(
+        alg: Algorithm,
+        specs: &[BackendSpec],
+        hash: &HashConfig,
+    ) -> Result<(), TableError> {
+        if alg == Algorithm::ConsistentHash {
+            let points = ring_hash::ring_points(specs, hash);
+            if points > ring_hash::MAX_RING_POINTS {
+                return Err(TableError {
+                    points,
+                    limit: ring_hash::MAX_RING_POINTS,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The table `alg` needs for `specs`, within the bounds ([`ring_hash::MAX_RING_POINTS`];
+    /// Maglev's size is bounded by its configuration).
+    pub fn build(
+        alg: Algorithm,
+        specs: &[BackendSpec],
+        hash: &HashConfig,
+    ) -> Result<Table, TableError> {
+        Table::check(alg, specs, hash)?;
+        match alg {
+            Algorithm::ConsistentHash => {
+                Ok(Table::Ring(Arc::new(ring_hash::build_ring(specs, hash))))
+            }
+            Algorithm::Maglev => Ok(Table::Maglev(Arc::new(maglev::build_table(specs, hash)))),
+            _ => Ok(Table::None),
+        }
+    }
+}
+
 impl Balancer {
+    /// The algorithm on a `table` built for `specs` (by [`Table::build`]): cheap, whatever the
+    /// algorithm. A table that does not fit the algorithm is built here instead.
+    pub fn with_table(
+        alg: Algorithm,
+        specs: &[BackendSpec],
+        table: &Table,
+        hash: &HashConfig,
+        seed: u64,
+    ) -> Balancer {
+        let n = specs.len();
+        match (alg, table) {
+            (Algorithm::ConsistentHash, Table::Ring(p)) => {
+                Balancer::ConsistentHash(ring_hash::RingHash::with_points(p.clone(), n, seed))
+            }
+            (Algorithm::Maglev, Table::Maglev(t)) => {
+                Balancer::Maglev(maglev::Maglev::with_table(t.clone(), n, seed))
+            }
+            _ => Balancer::new(alg, specs, hash, seed),
+        }
+    }
+
     /// Builds the algorithm for this backend set. `seed` should differ per core: it sets the
     /// random streams and where round-robin cursors start, so cores do not move in lockstep.
     pub fn new(alg: Algorithm, specs: &[BackendSpec], hash: &HashConfig, seed: u64) -> Balancer {
@@ -406,6 +501,34 @@ mod tests {
     use super::test_support::*;
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn a_balancer_on_a_shared_table_picks_what_one_built_alone_picks() {
+        let h = HashConfig::default();
+        let s = specs(7);
+        let c = Candidate::all_eligible(&s);
+        for a in [Algorithm::ConsistentHash, Algorithm::Maglev] {
+            let table = Table::build(a, &s, &h).unwrap();
+            let mut shared = Balancer::with_table(a, &s, &table, &h, 3);
+            let mut alone = Balancer::new(a, &s, &h, 3);
+            for k in 0..2_000u64 {
+                assert_eq!(shared.pick(&c, Some(k)), alone.pick(&c, Some(k)), "{a}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_ring_past_the_point_limit_is_refused() {
+        let h = HashConfig::default();
+        let heavy: Vec<_> = (0..20)
+            .map(|i| BackendSpec::new(format!("h{i}"), 1000))
+            .collect();
+        let e = Table::build(Algorithm::ConsistentHash, &heavy, &h).unwrap_err();
+        assert_eq!(e.points, 20 * ring_hash::MAX_POINTS_PER_BACKEND);
+        assert!(e.to_string().contains("lower the weights"), "{e}");
+        assert!(Table::build(Algorithm::Maglev, &heavy, &h).is_ok());
+        assert!(Table::build(Algorithm::RoundRobin, &heavy, &h).is_ok());
+    }
 
     #[test]
     fn every_algorithm_name_parses_back_to_itself() {

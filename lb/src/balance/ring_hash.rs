@@ -1,6 +1,7 @@
 //! Consistent hashing on a ring of virtual nodes (`consistent_hash`, alias `ip_hash`).
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use super::hash::fmix64;
 use super::round_robin::RoundRobin;
@@ -21,43 +22,70 @@ pub const MAX_POINTS_PER_BACKEND: u64 = 1 << 16;
 /// only the last bytes differ: "name#1".."name#159" clustered on a few arcs (one backend got 6%
 /// of keys instead of 20%) and a /24 of client IPs landed on one arc. `fmix64` is a bijection,
 /// so for hashes that already mix well it changes nothing but the layout.
+/// Most points on one ring, over all backends: 16 MiB of table, built (hashed and sorted) in about
+/// a second on the control thread. More is refused with an error naming the cure.
+pub const MAX_RING_POINTS: u64 = 1 << 20;
+
+/// The built ring: (point, backend index), sorted by point, then backend name, so the ring is the
+/// same whatever order the specs came in. Immutable: built once per change to the backend set and
+/// shared by every core.
+pub type RingPoints = Vec<(u64, u32)>;
+
+/// Points the ring of `specs` would have.
+pub fn ring_points(specs: &[BackendSpec], hash: &HashConfig) -> u64 {
+    let per_weight = u64::from(hash.virtual_nodes.max(1));
+    specs
+        .iter()
+        .map(|s| (per_weight * u64::from(s.weight.max(1))).min(MAX_POINTS_PER_BACKEND))
+        .sum()
+}
+
+/// Each backend gets `virtual_nodes * weight` points (capped at [`MAX_POINTS_PER_BACKEND`]) at
+/// `node_hash("{name}#{j}")`.
+pub fn build_ring(specs: &[BackendSpec], hash: &HashConfig) -> RingPoints {
+    let per_weight = u64::from(hash.virtual_nodes.max(1));
+    let mut raw: Vec<(u64, u32, u32)> = Vec::with_capacity(ring_points(specs, hash) as usize);
+    let mut label = String::new();
+    for (idx, spec) in specs.iter().enumerate() {
+        let count = (per_weight * u64::from(spec.weight.max(1))).min(MAX_POINTS_PER_BACKEND);
+        for j in 0..count as u32 {
+            label.clear();
+            // Writing to a String cannot fail.
+            let _ = write!(label, "{}#{}", spec.name, j);
+            let point = fmix64(hash.node_hash.hash(label.as_bytes()));
+            raw.push((point, idx as u32, j));
+        }
+    }
+    // Equal points are rare but possible; ordering them by name (then virtual node, then
+    // index for duplicate names) keeps the winner independent of input order.
+    raw.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| specs[a.1 as usize].name.cmp(&specs[b.1 as usize].name))
+            .then(a.2.cmp(&b.2))
+            .then(a.1.cmp(&b.1))
+    });
+    raw.into_iter().map(|(p, idx, _)| (p, idx)).collect()
+}
+
 #[derive(Clone)]
 pub struct RingHash {
-    /// (point, backend index), sorted by point, then backend name, so the ring is the same
-    /// whatever order the specs came in.
-    points: Vec<(u64, u32)>,
+    /// The ring, shared with every core's balancer of the same backend set.
+    points: Arc<RingPoints>,
     /// Picks made without a key (e.g. no cookie yet) still need a backend.
     fallback: RoundRobin,
 }
 
 impl RingHash {
-    /// Each backend gets `virtual_nodes * weight` points (capped at
-    /// [`MAX_POINTS_PER_BACKEND`]) at `node_hash("{name}#{j}")`.
+    /// Builds the ring here; see [`build_ring`].
     pub fn new(specs: &[BackendSpec], hash: &HashConfig, seed: u64) -> RingHash {
-        let per_weight = u64::from(hash.virtual_nodes.max(1));
-        let mut raw: Vec<(u64, u32, u32)> = Vec::new();
-        let mut label = String::new();
-        for (idx, spec) in specs.iter().enumerate() {
-            let count = (per_weight * u64::from(spec.weight.max(1))).min(MAX_POINTS_PER_BACKEND);
-            for j in 0..count as u32 {
-                label.clear();
-                // Writing to a String cannot fail.
-                let _ = write!(label, "{}#{}", spec.name, j);
-                let point = fmix64(hash.node_hash.hash(label.as_bytes()));
-                raw.push((point, idx as u32, j));
-            }
-        }
-        // Equal points are rare but possible; ordering them by name (then virtual node, then
-        // index for duplicate names) keeps the winner independent of input order.
-        raw.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| specs[a.1 as usize].name.cmp(&specs[b.1 as usize].name))
-                .then(a.2.cmp(&b.2))
-                .then(a.1.cmp(&b.1))
-        });
+        RingHash::with_points(Arc::new(build_ring(specs, hash)), specs.len(), seed)
+    }
+
+    /// A balancer on a ring built elsewhere for `n` backends.
+    pub fn with_points(points: Arc<RingPoints>, n: usize, seed: u64) -> RingHash {
         RingHash {
-            points: raw.into_iter().map(|(p, idx, _)| (p, idx)).collect(),
-            fallback: RoundRobin::new(specs.len(), seed),
+            points,
+            fallback: RoundRobin::new(n, seed),
         }
     }
 

@@ -167,6 +167,12 @@ impl Config {
         let own: Vec<SocketAddr> = std::iter::once(listen).chain(admin.listen).collect();
         backends::check_set(&backends, &own)?;
         let (key, hash) = hash::build(&file.hash, backends.len())?;
+        let specs: Vec<crate::balance::BackendSpec> = backends
+            .iter()
+            .map(|b| crate::balance::BackendSpec::new(b.name.clone(), b.weight))
+            .collect();
+        crate::balance::Table::check(algorithm, &specs, &hash)
+            .map_err(|e| invalid("hash.virtual_nodes", e.to_string()))?;
         Ok(Config {
             listen,
             cores,

@@ -88,7 +88,12 @@ impl Shared {
         admin: Option<SocketAddr>,
         listener_fds: Vec<RawFd>,
     ) -> Arc<Shared> {
-        let set = Arc::new(BackendSet::new(&config.backends, config.cores));
+        let set = Arc::new(BackendSet::new(
+            &config.backends,
+            config.cores,
+            config.algorithm,
+            config.hash,
+        ));
         // Kept free for everything but client connections: the admin API at its cap, one health
         // check per backend, the pools, and the runtime's own descriptors.
         let reserve = config.admin.max_connections

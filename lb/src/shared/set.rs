@@ -9,6 +9,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use super::counters::BackendCounters;
+use crate::balance::{Algorithm, BackendSpec, HashConfig, Table};
 use crate::config::BackendConfig;
 
 /// Administrative state, set through the admin API.
@@ -58,6 +59,8 @@ impl Backend {
 pub struct Snapshot {
     pub generation: u64,
     pub backends: Vec<Backend>,
+    /// The hash algorithm's table for these backends (names and weights), built by the writer.
+    pub table: Table,
 }
 
 impl Snapshot {
@@ -83,10 +86,28 @@ pub struct BackendSet {
     /// Serialises writers (control plane only; the data path never takes it).
     write: Mutex<()>,
     cores: usize,
+    /// Which table each snapshot carries.
+    algorithm: Algorithm,
+    hash: HashConfig,
+}
+
+/// The names and weights a table is built from.
+fn specs(backends: &[Backend]) -> Vec<BackendSpec> {
+    backends
+        .iter()
+        .map(|b| BackendSpec::new(b.name.clone(), b.weight))
+        .collect()
 }
 
 impl BackendSet {
-    pub fn new(backends: &[BackendConfig], cores: usize) -> BackendSet {
+    /// The set of `backends`, publishing with each snapshot the table `algorithm` needs. The
+    /// configuration was checked against the table's bounds, so building it cannot fail here.
+    pub fn new(
+        backends: &[BackendConfig],
+        cores: usize,
+        algorithm: Algorithm,
+        hash: HashConfig,
+    ) -> BackendSet {
         let backends = backends
             .iter()
             .map(|b| Backend {
@@ -98,14 +119,21 @@ impl BackendSet {
                 since: None,
                 counters: Arc::new(BackendCounters::new(cores)),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let table = Table::build(algorithm, &specs(&backends), &hash).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "no table for the configured backends");
+            Table::None
+        });
         BackendSet {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 1,
                 backends,
+                table,
             }),
             write: Mutex::new(()),
             cores,
+            algorithm,
+            hash,
         }
     }
 
@@ -118,7 +146,9 @@ impl BackendSet {
     }
 
     /// Applies `change` to a copy of the current backends and publishes the result as the next
-    /// generation, unless `change` refuses or changes nothing. Returns the generation in force.
+    /// generation, unless `change` refuses or changes nothing, or the table the result needs is
+    /// past its bounds. The table is built here, by the writer, once for all cores; a change of
+    /// health or drain keeps the current one. Returns the generation in force.
     pub fn update(
         &self,
         change: impl FnOnce(&mut Vec<Backend>) -> Result<bool, SetError>,
@@ -129,10 +159,22 @@ impl BackendSet {
         if !change(&mut next)? {
             return Ok(cur.generation);
         }
+        let same_specs = next.len() == cur.backends.len()
+            && next
+                .iter()
+                .zip(&cur.backends)
+                .all(|(a, b)| a.name == b.name && a.weight == b.weight);
+        let table = if same_specs {
+            cur.table.clone()
+        } else {
+            Table::build(self.algorithm, &specs(&next), &self.hash)
+                .map_err(|e| SetError::Invalid(e.to_string()))?
+        };
         let generation = cur.generation + 1;
         self.current.store(Arc::new(Snapshot {
             generation,
             backends: next,
+            table,
         }));
         Ok(generation)
     }
@@ -267,7 +309,12 @@ mod tests {
 
     #[test]
     fn every_change_publishes_a_new_generation_and_no_op_changes_do_not() {
-        let set = BackendSet::new(&[cfg("a", 1), cfg("b", 2)], 2);
+        let set = BackendSet::new(
+            &[cfg("a", 1), cfg("b", 2)],
+            2,
+            Algorithm::RoundRobin,
+            HashConfig::default(),
+        );
         assert_eq!(set.generation(), 1);
         assert_eq!(set.add(&cfg("c", 3)), Ok(2));
         assert_eq!(set.add(&cfg("c", 3)), Err(SetError::Exists("c".into())));
@@ -287,7 +334,12 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_counters_of_backends_that_stay() {
-        let set = BackendSet::new(&[cfg("a", 1), cfg("b", 2)], 1);
+        let set = BackendSet::new(
+            &[cfg("a", 1), cfg("b", 2)],
+            1,
+            Algorithm::RoundRobin,
+            HashConfig::default(),
+        );
         set.load().backends[0].counters.opened(0, None);
         set.set_health("a", Health::Down).unwrap();
         let g = set.replace(&[cfg("a", 1), cfg("c", 3)]).unwrap();

@@ -219,7 +219,9 @@ impl CoreUpstream {
                 "core picked up a new backend set"
             );
         }
-        view.balancer = Balancer::new(self.algorithm, &specs, &self.hash, self.seed);
+        // The table was built by the control plane with the snapshot: this is cheap.
+        view.balancer =
+            Balancer::with_table(self.algorithm, &specs, &snap.table, &self.hash, self.seed);
         view.candidates = Candidate::all_eligible(&specs);
         view.local = local;
         view.pools = pools;
