@@ -9,17 +9,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{BackendConfig, DiscoverSpec};
+use crate::shared::set::Origin;
 use crate::shared::Shared;
 
+/// Runs the lookups on their own thread for the life of the process: the entries come from
+/// `shared.discover`, which a reload may change.
 pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
-    if shared.config.discover.is_empty() {
-        return Ok(());
-    }
     std::thread::Builder::new().name("lb-discovery".into()).spawn(move || {
         let cfg = &shared.config;
         let mut failing: BTreeSet<String> = BTreeSet::new();
         loop {
-            for spec in &cfg.discover {
+            let specs = shared.discover.load_full();
+            for spec in specs.iter() {
                 match resolve(&spec.host, spec.port, cfg.discovery.hosts_file.as_deref()) {
                     Ok(addrs) => {
                         failing.remove(&spec.name);
@@ -73,11 +74,20 @@ pub fn resolve(
     Ok(addrs.into_iter().collect())
 }
 
-/// Makes the set's `NAME@…` backends match `addrs`; unchanged sets publish nothing.
+/// Makes the set's `NAME@…` backends match `addrs`; unchanged sets publish nothing. An address
+/// that is lb's own (a name that resolves to lb itself) is skipped with a warning: a client sent
+/// there would loop through lb.
 fn apply(shared: &Shared, spec: &DiscoverSpec, addrs: &[SocketAddr]) {
     let prefix = format!("{}@", spec.name);
     let wanted: Vec<BackendConfig> = addrs
         .iter()
+        .filter(|a| {
+            let own = crate::config::backends::is_own_address(**a, &shared.own_addresses);
+            if own {
+                tracing::warn!(name = %spec.host, address = %a, "discovery: skipping an address that is lb's own");
+            }
+            !own
+        })
         .map(|a| BackendConfig {
             name: format!("{}{}", prefix, a.ip()),
             address: *a,
@@ -97,7 +107,7 @@ fn apply(shared: &Shared, spec: &DiscoverSpec, addrs: &[SocketAddr]) {
         for w in &wanted {
             if !v.iter().any(|b| b.name == w.name) {
                 added.push(w.name.clone());
-                v.push(set.new_backend(w));
+                v.push(set.new_backend(w, Origin::Discovered(spec.name.clone())));
             }
         }
         Ok(!added.is_empty() || !removed.is_empty())

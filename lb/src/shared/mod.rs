@@ -77,6 +77,8 @@ pub struct Shared {
     pub ready: AtomicUsize,
     /// How many client connections the descriptor limit leaves room for.
     pub fds: fds::FdBudget,
+    /// The `discover = true` entries in force (a reload may change them).
+    pub discover: arc_swap::ArcSwap<Vec<crate::config::DiscoverSpec>>,
 }
 
 impl Shared {
@@ -103,6 +105,7 @@ impl Shared {
             + 32;
         Arc::new(Shared {
             fds: fds::FdBudget::new(reserve as u64),
+            discover: arc_swap::ArcSwap::from_pointee(config.discover.clone()),
             cores: CoreCounters::new(config.cores),
             lifecycle: Lifecycle::new(),
             listener_fds,

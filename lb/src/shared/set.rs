@@ -28,12 +28,41 @@ pub enum Health {
     Down,
 }
 
+/// Where a backend came from, which decides what a reload does with it: the file is the base, and
+/// what the admin API and discovery added stays on top of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (or the command line, or lb's own replicas).
+    Config,
+    /// `POST /lb/backends`: kept across reloads until `DELETE /lb/backends/NAME`.
+    Api,
+    /// An address of this `discover = true` entry: kept while the entry is in the file.
+    Discovered(String),
+}
+
+/// One admin-API change that outlives a reload, as `/lb/stats` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Override {
+    /// The backend was added through the admin API.
+    Added { backend: String },
+    /// Its weight was set through the admin API (the file says `file`).
+    Weight { backend: String, weight: u32, file: u32 },
+    /// It was drained through the admin API.
+    Drained { backend: String },
+}
+
 /// One backend in a snapshot.
 #[derive(Clone)]
 pub struct Backend {
     pub name: String,
     pub address: SocketAddr,
+    /// The weight in force: the admin API's when it set one, else the configured one.
     pub weight: u32,
+    /// The weight the file (or the API's add, or discovery) gave it.
+    pub config_weight: u32,
+    /// A weight set through the admin API, kept across reloads until deleted.
+    pub api_weight: Option<u32>,
+    pub origin: Origin,
     pub admin: AdminState,
     pub health: Health,
     /// When the backend last became eligible at run time (added, back up, or undrained): slow
@@ -114,6 +143,9 @@ impl BackendSet {
                 name: b.name.clone(),
                 address: b.address,
                 weight: b.weight,
+                config_weight: b.weight,
+                api_weight: None,
+                origin: Origin::Config,
                 admin: AdminState::Active,
                 health: Health::Up,
                 since: None,
@@ -180,11 +212,14 @@ impl BackendSet {
     }
 
     /// A new backend entry with fresh counters.
-    pub fn new_backend(&self, cfg: &BackendConfig) -> Backend {
+    pub fn new_backend(&self, cfg: &BackendConfig, origin: Origin) -> Backend {
         Backend {
             name: cfg.name.clone(),
             address: cfg.address,
             weight: cfg.weight,
+            config_weight: cfg.weight,
+            api_weight: None,
+            origin,
             admin: AdminState::Active,
             health: Health::Up,
             since: Some(Instant::now()),
@@ -192,8 +227,9 @@ impl BackendSet {
         }
     }
 
+    /// `POST /lb/backends`.
     pub fn add(&self, cfg: &BackendConfig) -> Result<u64, SetError> {
-        let b = self.new_backend(cfg);
+        let b = self.new_backend(cfg, Origin::Api);
         self.update(|v| {
             if v.iter().any(|x| x.name == b.name) {
                 return Err(SetError::Exists(b.name.clone()));
@@ -223,9 +259,50 @@ impl BackendSet {
         }
         self.modify(name, |b| {
             let changed = b.weight != weight;
+            if b.origin == Origin::Api {
+                // The backend is the API's altogether: its weight is no separate override.
+                b.config_weight = weight;
+            } else {
+                b.api_weight = Some(weight);
+            }
             b.weight = weight;
             changed
         })
+    }
+
+    /// Drops a weight set through the admin API: the configured one is in force again.
+    pub fn clear_weight(&self, name: &str) -> Result<u64, SetError> {
+        self.modify(name, |b| {
+            let had = b.api_weight.take().is_some();
+            b.weight = b.config_weight;
+            had
+        })
+    }
+
+    /// The admin-API changes in force, in backend order.
+    pub fn overrides(&self) -> Vec<Override> {
+        let snap = self.load();
+        let mut out = Vec::new();
+        for b in &snap.backends {
+            if b.origin == Origin::Api {
+                out.push(Override::Added {
+                    backend: b.name.clone(),
+                });
+            }
+            if let Some(w) = b.api_weight {
+                out.push(Override::Weight {
+                    backend: b.name.clone(),
+                    weight: w,
+                    file: b.config_weight,
+                });
+            }
+            if b.admin == AdminState::Draining {
+                out.push(Override::Drained {
+                    backend: b.name.clone(),
+                });
+            }
+        }
+        out
     }
 
     pub fn set_admin(&self, name: &str, admin: AdminState) -> Result<u64, SetError> {
@@ -269,9 +346,11 @@ impl BackendSet {
         })
     }
 
-    /// Replaces the list with `wanted` (a reload): backends that stay keep their counters,
-    /// health and drain state; new ones start fresh; missing ones leave the set.
-    pub fn replace(&self, wanted: &[BackendConfig]) -> Result<u64, SetError> {
+    /// A reload: the file's backends (`wanted`) are the base, and on top of them stay the admin
+    /// API's changes (backends it added, weights it set, drains) and the addresses discovered for
+    /// `discover` entries still in the file. Backends that stay keep their counters, health and
+    /// drain; new ones start fresh; the rest leave the set.
+    pub fn replace(&self, wanted: &[BackendConfig], discover: &[String]) -> Result<u64, SetError> {
         self.update(|v| {
             let mut next = Vec::with_capacity(wanted.len());
             for cfg in wanted {
@@ -279,15 +358,30 @@ impl BackendSet {
                     Some(old) => {
                         let mut b = old.clone();
                         b.address = cfg.address;
-                        b.weight = cfg.weight;
+                        b.config_weight = cfg.weight;
+                        b.weight = b.api_weight.unwrap_or(cfg.weight);
+                        b.origin = Origin::Config;
                         next.push(b);
                     }
-                    None => next.push(self.new_backend(cfg)),
+                    None => next.push(self.new_backend(cfg, Origin::Config)),
+                }
+            }
+            for old in v.iter() {
+                let keep = match &old.origin {
+                    Origin::Api => !next.iter().any(|b| b.name == old.name),
+                    Origin::Discovered(spec) => discover.contains(spec),
+                    Origin::Config => false,
+                };
+                if keep {
+                    next.push(old.clone());
                 }
             }
             let same = next.len() == v.len()
                 && next.iter().zip(v.iter()).all(|(a, b)| {
-                    a.name == b.name && a.address == b.address && a.weight == b.weight
+                    a.name == b.name
+                        && a.address == b.address
+                        && a.weight == b.weight
+                        && a.origin == b.origin
                 });
             *v = next;
             Ok(!same)
@@ -333,6 +427,46 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_api_changes_and_discovered_backends_on_top_of_the_file() {
+        let set = BackendSet::new(
+            &[cfg("a", 1), cfg("b", 2)],
+            1,
+            Algorithm::RoundRobin,
+            HashConfig::default(),
+        );
+        set.add(&cfg("x", 9)).unwrap();
+        set.set_weight("a", 7).unwrap();
+        set.set_admin("b", AdminState::Draining).unwrap();
+        set.update(|v| {
+            v.push(set.new_backend(&cfg("svc@10.0.0.1", 5), Origin::Discovered("svc".into())));
+            v.push(set.new_backend(&cfg("old@10.0.0.2", 6), Origin::Discovered("old".into())));
+            Ok(true)
+        })
+        .unwrap();
+        let mut file_a = cfg("a", 1);
+        file_a.weight = 3;
+        set.replace(&[file_a, cfg("b", 2)], &["svc".to_string()]).unwrap();
+        let snap = set.load();
+        let names: Vec<&str> = snap.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "x", "svc@10.0.0.1"]);
+        assert_eq!((snap.backends[0].weight, snap.backends[0].config_weight), (7, 3));
+        assert_eq!(snap.backends[1].admin, AdminState::Draining);
+        assert_eq!(
+            set.overrides(),
+            [
+                Override::Weight { backend: "a".into(), weight: 7, file: 3 },
+                Override::Drained { backend: "b".into() },
+                Override::Added { backend: "x".into() },
+            ]
+        );
+        set.clear_weight("a").unwrap();
+        assert_eq!(set.load().backends[0].weight, 3);
+        // An API-added backend that the file now names is the file's.
+        set.replace(&[cfg("a", 1), cfg("x", 24)], &[]).unwrap();
+        assert_eq!(set.load().backends[1].origin, Origin::Config);
+    }
+
+    #[test]
     fn a_reload_keeps_the_counters_of_backends_that_stay() {
         let set = BackendSet::new(
             &[cfg("a", 1), cfg("b", 2)],
@@ -342,7 +476,7 @@ mod tests {
         );
         set.load().backends[0].counters.opened(0, None);
         set.set_health("a", Health::Down).unwrap();
-        let g = set.replace(&[cfg("a", 1), cfg("c", 3)]).unwrap();
+        let g = set.replace(&[cfg("a", 1), cfg("c", 3)], &[]).unwrap();
         let snap = set.load();
         assert_eq!(snap.generation, g);
         assert_eq!(snap.backends[0].counters.active(), 1);
@@ -353,7 +487,7 @@ mod tests {
         );
         assert_eq!(snap.backends[1].name, "c");
         assert_eq!(
-            set.replace(&[cfg("a", 1), cfg("c", 3)]).unwrap(),
+            set.replace(&[cfg("a", 1), cfg("c", 3)], &[]).unwrap(),
             g,
             "same list: no new generation"
         );

@@ -2,7 +2,8 @@
 //!
 //! - `GET /health` lb itself; `GET /lb/stats` JSON; `GET /metrics` Prometheus text format
 //! - `GET /lb/backends`; `POST /lb/backends` `{"address": "h:p", "name"?: "", "weight"?: 1}`
-//! - `DELETE /lb/backends/NAME`; `PUT /lb/backends/NAME/weight` `{"weight": N}`
+//! - `DELETE /lb/backends/NAME`; `PUT /lb/backends/NAME/weight` `{"weight": N}`;
+//!   `DELETE /lb/backends/NAME/weight` (back to the configured weight)
 //! - `POST /lb/backends/NAME/drain`, `POST /lb/backends/NAME/undrain`
 
 use std::net::SocketAddr;
@@ -158,9 +159,25 @@ pub fn route(req: &Request, shared: &Arc<Shared>) -> Response {
         ("GET", ["lb", "backends"]) => {
             Response::json(200, json!(stats::backends_json(shared)).to_string())
         }
-        ("DELETE", ["lb", "backends", name]) => match shared.set.remove(name) {
+        ("DELETE", ["lb", "backends", name]) => {
+            let from_file = shared.set.load().backends.iter().any(|b| {
+                b.name == *name && b.origin == crate::shared::set::Origin::Config
+            });
+            match shared.set.remove(name) {
+                Ok(g) => {
+                    if from_file {
+                        tracing::info!(backend = ?name, generation = g, "admin: backend removed (open connections finish); it is in the config file, so a reload brings it back");
+                    } else {
+                        tracing::info!(backend = ?name, generation = g, "admin: backend removed (open connections finish)");
+                    }
+                    changed(g)
+                }
+                Err(e) => set_error(e),
+            }
+        }
+        ("DELETE", ["lb", "backends", name, "weight"]) => match shared.set.clear_weight(name) {
             Ok(g) => {
-                tracing::info!(backend = ?name, generation = g, "admin: backend removed (open connections finish)");
+                tracing::info!(backend = ?name, generation = g, "admin: weight set through the API dropped; the configured one is in force");
                 changed(g)
             }
             Err(e) => set_error(e),

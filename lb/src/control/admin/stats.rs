@@ -49,6 +49,26 @@ pub fn stats(shared: &Shared) -> Value {
         "generation": shared.set.generation(),
         "stopping": shared.lifecycle.stopping(),
         "backends": backends_json(shared),
+        "overrides": overrides_json(shared),
         "cores": cores,
     })
+}
+
+/// The admin-API changes that a reload keeps (cleared only by an explicit DELETE or undrain).
+pub fn overrides_json(shared: &Shared) -> Vec<Value> {
+    use crate::shared::set::Override;
+    shared
+        .set
+        .overrides()
+        .into_iter()
+        .map(|o| match o {
+            Override::Added { backend } => json!({ "backend": backend, "kind": "added" }),
+            Override::Weight {
+                backend,
+                weight,
+                file,
+            } => json!({ "backend": backend, "kind": "weight", "weight": weight, "file_weight": file }),
+            Override::Drained { backend } => json!({ "backend": backend, "kind": "drained" }),
+        })
+        .collect()
 }
