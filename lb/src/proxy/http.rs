@@ -39,11 +39,12 @@ pub async fn peek_key(
 ) -> std::io::Result<Peeked> {
     let mut bytes: Vec<u8> = Vec::with_capacity(1024.min(max_head));
     let deadline = monoio::time::Instant::now() + timeout;
+    let mut scan = HeadScan::default();
     loop {
         if bytes.len() >= max_head {
             return Ok(Peeked { bytes, key: None });
         }
-        match head_state(&bytes, source) {
+        match scan.feed(&bytes, source) {
             HeadState::Complete(key) => return Ok(Peeked { bytes, key }),
             HeadState::NotHttp => return Ok(Peeked { bytes, key: None }),
             HeadState::Partial => {}
@@ -70,6 +71,21 @@ pub async fn peek_key(
                 ))
             }
         }
+    }
+}
+
+/// Follows a request head as it arrives, read by read.
+#[derive(Default)]
+struct HeadScan {
+    /// Bytes handed to the parser so far, over all reads.
+    examined: usize,
+}
+
+impl HeadScan {
+    /// The state of the head in `buf`, which holds everything read so far.
+    fn feed(&mut self, buf: &[u8], source: &HeadKey) -> HeadState {
+        self.examined += buf.len();
+        head_state(buf, source)
     }
 }
 
