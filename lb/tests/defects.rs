@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::netns;
 use support::*;
 
 fn lb_bin() -> Command {
@@ -1169,7 +1170,10 @@ fn a_reload_keeps_the_discovered_backends_of_a_name_still_in_the_file() {
         assert!(Instant::now() < deadline, "first lookup");
     }
     reload(&lb);
-    assert_eq!(names(&backend_list(&lb)), [format!("svc:{}@127.0.0.1", a.addr.port())]);
+    assert_eq!(
+        names(&backend_list(&lb)),
+        [format!("svc:{}@127.0.0.1", a.addr.port())]
+    );
     for _ in 0..5 {
         assert_eq!(request_id(lb.addr, None, "").unwrap(), "a");
     }
@@ -1188,17 +1192,34 @@ fn a_reload_keeps_admin_api_changes_as_overrides_until_deleted() {
         let (code, resp) = admin_call(adm, None, m, p, body);
         assert!(code == 200 || code == 201, "{m} {p}: {code} {resp}");
     };
-    ok("POST", "/lb/backends", &format!("{{\"address\": \"{}\", \"name\": \"c\"}}", c.addr));
+    ok(
+        "POST",
+        "/lb/backends",
+        &format!("{{\"address\": \"{}\", \"name\": \"c\"}}", c.addr),
+    );
     ok("PUT", "/lb/backends/a/weight", "{\"weight\": 5}");
     ok("POST", "/lb/backends/b/drain", "");
     // The same file again, and then a file that changes a's configured weight.
     reload(&lb);
-    std::fs::write(&cfg.0, toml.replace("name = \"a\"\n", "name = \"a\"\nweight = 2\n")).unwrap();
+    std::fs::write(
+        &cfg.0,
+        toml.replace("name = \"a\"\n", "name = \"a\"\nweight = 2\n"),
+    )
+    .unwrap();
     reload(&lb);
     let list = backend_list(&lb);
-    let get = |n: &str| list.iter().find(|b| b["name"] == n).cloned().unwrap_or_default();
+    let get = |n: &str| {
+        list.iter()
+            .find(|b| b["name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(names(&list), ["a", "b", "c"], "the API-added backend stays");
-    assert_eq!(get("a")["weight"], 5, "the API weight stays over the file's");
+    assert_eq!(
+        get("a")["weight"],
+        5,
+        "the API weight stays over the file's"
+    );
     assert_eq!(get("b")["state"], "draining", "the drain stays");
     let (_, body) = admin_call(adm, None, "GET", "/lb/stats", "");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -1223,7 +1244,10 @@ fn a_reload_keeps_admin_api_changes_as_overrides_until_deleted() {
 fn a_reload_that_would_need_replicas_lb_did_not_start_is_rejected() {
     let a = backend("a");
     let (lb, cfg) = lb_with_config(
-        &format!("[health]\ncheck = \"none\"\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n", a.addr),
+        &format!(
+            "[health]\ncheck = \"none\"\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n",
+            a.addr
+        ),
         &[],
     );
     // A file with no backends means "start local replicas" at start-up; lb never started any.
@@ -1233,4 +1257,159 @@ fn a_reload_that_would_need_replicas_lb_did_not_start_is_rejected() {
     for _ in 0..3 {
         assert_eq!(request_id(lb.addr, None, "").unwrap(), "a");
     }
+}
+
+// 17. Head peeks are linear and capped per core ------------------------------------------------------
+
+#[test]
+fn head_peeks_share_a_memory_cap_per_core() {
+    let a = backend("a");
+    let toml = format!(
+        "algorithm = \"maglev\"\n[hash]\nkey = \"cookie:sid\"\n[relay]\nmax_head = 65536\npeek_memory = 131072\n[timeouts]\npeek_ms = 20000\n[health]\ncheck = \"none\"\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n",
+        a.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    // Two clients each send 60 KB of a head that never ends: they hold 64 KiB each.
+    let part = format!("GET / HTTP/1.1\r\nX-Pad: {}", "a".repeat(60_000));
+    let hold: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(lb.addr).unwrap();
+            s.write_all(part.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A third is refused at once: the core's peek memory is in use.
+    let mut third = TcpStream::connect(lb.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = third.write_all(b"GET / HTTP/1.1\r\n");
+    let mut b = [0u8; 16];
+    let n = third.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0, "the third client was served while the cap was in use");
+    let (_, body) = admin_call(lb.admin.unwrap(), None, "GET", "/lb/stats", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cores"][0]["peek_refused"], 1, "{v}");
+    // Once they go, clients are served again.
+    drop(hold);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(request_id(lb.addr, None, "Cookie: sid=1\r\n").unwrap(), "a");
+}
+
+// 12. A host name that does not resolve never stalls the control thread ------------------------------
+
+/// `/etc/netns/NAME/resolv.conf`, which `ip netns exec NAME` mounts over /etc/resolv.conf; removed
+/// when dropped.
+struct NsResolvConf(std::path::PathBuf);
+
+impl Drop for NsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_backend_host_name_that_does_not_resolve_never_stalls_the_admin_api_or_health_checks() {
+    if !netns::ready("dns", false) {
+        return;
+    }
+    let ns = format!("{}{}-dns", netns::NS_PREFIX, std::process::id());
+    let dir = std::path::PathBuf::from("/etc/netns").join(&ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _resolv = NsResolvConf(dir.clone());
+    // A DNS server that never answers: queries to 127.0.0.53 are read and dropped.
+    std::fs::write(
+        dir.join("resolv.conf"),
+        "nameserver 127.0.0.53\noptions timeout:4 attempts:2\n",
+    )
+    .unwrap();
+    let mut spaces = netns::Namespaces::default();
+    spaces.add(&ns).unwrap();
+    let silent = netns::NsProc::spawn(
+        &ns,
+        std::path::Path::new("python3"),
+        &["-c", "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('127.0.0.53',53))\nprint('bound', flush=True)\ntime.sleep(60)"],
+        &[],
+    );
+    silent.expect_stdout("bound", Duration::from_secs(10));
+    let back = netns::NsProc::spawn(
+        &ns,
+        &workspace_bin("backend"),
+        &["--listen", "127.0.0.1:9001", "--id", "a"],
+        &[],
+    );
+    back.expect_stdout("listening on", Duration::from_secs(10));
+    let lb = netns::NsProc::spawn(
+        &ns,
+        std::path::Path::new(env!("CARGO_BIN_EXE_lb")),
+        &[
+            "--listen",
+            "127.0.0.1:8080",
+            "--admin",
+            "127.0.0.1:9900",
+            "--backend",
+            "127.0.0.1:9001",
+        ],
+        &[],
+    );
+    lb.expect_stdout("admin listening on", Duration::from_secs(10));
+    let curl = |args: &[&str]| {
+        let mut a = vec![
+            "-s",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ];
+        a.extend_from_slice(args);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, "curl"]).args(&a);
+        let start = Instant::now();
+        let out = cmd.output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+            start.elapsed(),
+        )
+    };
+    let ns2 = ns.clone();
+    let post = std::thread::spawn(move || {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns2,
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--max-time",
+            "20",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"address\": \"svc-that-never-resolves.example:80\"}",
+            "http://127.0.0.1:9900/lb/backends",
+        ]);
+        let start = Instant::now();
+        let out = cmd.output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            start.elapsed(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _, took) = curl(&["http://127.0.0.1:9900/health"]);
+    assert_eq!(code, "200");
+    assert!(
+        took < Duration::from_secs(1),
+        "GET /health took {took:?} while a lookup hung"
+    );
+    let (resp, took) = post.join().unwrap();
+    assert!(resp.ends_with("400"), "{resp}");
+    assert!(resp.contains("took more than"), "{resp}");
+    assert!(took < Duration::from_secs(4), "the POST took {took:?}");
 }

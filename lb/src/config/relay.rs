@@ -10,6 +10,8 @@ pub const MIN_BUFFER_SIZE: usize = 1024;
 pub const MAX_BUFFER_SIZE: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_HEAD: usize = lb_common::http::DEFAULT_MAX_HEAD;
 pub const DEFAULT_BACKLOG: i32 = lb_common::net::DEFAULT_BACKLOG;
+/// Memory one core lets its head peeks hold at once: 2,048 default-sized heads.
+pub const DEFAULT_PEEK_MEMORY: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +20,7 @@ pub struct FileRelay {
     pub buffer_size: Option<usize>,
     pub max_head: Option<usize>,
     pub backlog: Option<i32>,
+    pub peek_memory: Option<usize>,
 }
 
 /// How bytes are moved; see `proxy::readiness` and `proxy::tcp`.
@@ -39,6 +42,8 @@ pub struct RelayConfig {
     /// Largest request head peeked for a cookie or header key.
     pub max_head: usize,
     pub backlog: i32,
+    /// What one core's head peeks may hold at once.
+    pub peek_memory: usize,
 }
 
 impl Default for RelayConfig {
@@ -48,6 +53,7 @@ impl Default for RelayConfig {
             buffer_size: DEFAULT_BUFFER_SIZE,
             max_head: DEFAULT_MAX_HEAD,
             backlog: DEFAULT_BACKLOG,
+            peek_memory: DEFAULT_PEEK_MEMORY,
         }
     }
 }
@@ -87,10 +93,18 @@ pub fn build(f: &FileRelay) -> Result<RelayConfig, ConfigError> {
             format!("must be at least 1 (got {backlog})"),
         ));
     }
+    let peek_memory = f.peek_memory.unwrap_or(DEFAULT_PEEK_MEMORY);
+    if !(max_head..=1 << 30).contains(&peek_memory) {
+        return Err(invalid(
+            "relay.peek_memory",
+            format!("must be between relay.max_head ({max_head}) and 1073741824 bytes (got {peek_memory})"),
+        ));
+    }
     Ok(RelayConfig {
         mode,
         buffer_size,
         max_head,
         backlog,
+        peek_memory,
     })
 }

@@ -60,7 +60,9 @@ pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
         .set
         .replace(&next.backends, &specs)
         .map_err(|e| e.to_string())?;
-    shared.discover.store(std::sync::Arc::new(next.discover.clone()));
+    shared
+        .discover
+        .store(std::sync::Arc::new(next.discover.clone()));
     for o in shared.set.overrides() {
         match o {
             Override::Added { backend } => {

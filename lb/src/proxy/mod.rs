@@ -1,6 +1,7 @@
 //! Byte movers that know nothing of backends: the two L4 relays, idle timeouts, and the head
 //! peeks (the HTTP head for cookie and header hashing).
 
+pub mod budget;
 pub mod halves;
 pub mod http;
 pub mod idle;

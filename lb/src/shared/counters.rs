@@ -238,6 +238,7 @@ struct CoreSlot {
     accepted: AtomicU64,
     active: AtomicU64,
     no_backend: AtomicU64,
+    peek_refused: AtomicU64,
 }
 
 /// Per-core connection counters (one writer each, as above).
@@ -251,6 +252,8 @@ pub struct CoreTotals {
     pub accepted: u64,
     pub active: u64,
     pub no_backend: u64,
+    /// Clients refused because the core's peek memory was in use.
+    pub peek_refused: u64,
 }
 
 impl CoreCounters {
@@ -278,12 +281,17 @@ impl CoreCounters {
         bump(&self.slots[core].no_backend, 1);
     }
 
+    pub fn peek_refused(&self, core: usize) {
+        bump(&self.slots[core].peek_refused, 1);
+    }
+
     pub fn get(&self, core: usize) -> CoreTotals {
         let s = &self.slots[core];
         CoreTotals {
             accepted: s.accepted.load(Ordering::Relaxed),
             active: s.active.load(Ordering::Relaxed),
             no_backend: s.no_backend.load(Ordering::Relaxed),
+            peek_refused: s.peek_refused.load(Ordering::Relaxed),
         }
     }
 

@@ -46,7 +46,11 @@ pub enum Override {
     /// The backend was added through the admin API.
     Added { backend: String },
     /// Its weight was set through the admin API (the file says `file`).
-    Weight { backend: String, weight: u32, file: u32 },
+    Weight {
+        backend: String,
+        weight: u32,
+        file: u32,
+    },
     /// It was drained through the admin API.
     Drained { backend: String },
 }
@@ -445,18 +449,30 @@ mod tests {
         .unwrap();
         let mut file_a = cfg("a", 1);
         file_a.weight = 3;
-        set.replace(&[file_a, cfg("b", 2)], &["svc".to_string()]).unwrap();
+        set.replace(&[file_a, cfg("b", 2)], &["svc".to_string()])
+            .unwrap();
         let snap = set.load();
         let names: Vec<&str> = snap.backends.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "x", "svc@10.0.0.1"]);
-        assert_eq!((snap.backends[0].weight, snap.backends[0].config_weight), (7, 3));
+        assert_eq!(
+            (snap.backends[0].weight, snap.backends[0].config_weight),
+            (7, 3)
+        );
         assert_eq!(snap.backends[1].admin, AdminState::Draining);
         assert_eq!(
             set.overrides(),
             [
-                Override::Weight { backend: "a".into(), weight: 7, file: 3 },
-                Override::Drained { backend: "b".into() },
-                Override::Added { backend: "x".into() },
+                Override::Weight {
+                    backend: "a".into(),
+                    weight: 7,
+                    file: 3
+                },
+                Override::Drained {
+                    backend: "b".into()
+                },
+                Override::Added {
+                    backend: "x".into()
+                },
             ]
         );
         set.clear_weight("a").unwrap();

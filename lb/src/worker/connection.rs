@@ -31,6 +31,7 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
                 source,
                 cfg.relay.max_head,
                 cfg.timeouts.peek,
+                &core.peeks,
             ))
             .await
             {
@@ -40,6 +41,9 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
                     key
                 }
                 Err(e) => {
+                    if e.kind() == std::io::ErrorKind::OutOfMemory {
+                        core.shared.cores.peek_refused(core.index);
+                    }
                     tracing::debug!(%peer, error = %e, "closing client before choosing a backend");
                     return;
                 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use lb_common::runtime::{run_workers, WorkerCtx, WorkerOpts};
 use lb_common::task::spawn_guarded;
 
+use crate::proxy::budget::PeekBudget;
 use crate::proxy::idle::IdleTimer;
 use crate::proxy::readiness::Scratch;
 use crate::proxy::tcp::RelayOpts;
@@ -56,6 +57,7 @@ struct Core {
     relay: RelayOpts,
     scratch: Scratch,
     idle: Rc<IdleTimer>,
+    peeks: PeekBudget,
 }
 
 async fn worker(ctx: WorkerCtx, listeners: Vec<StdListener>, shared: Arc<Shared>) {
@@ -74,6 +76,7 @@ async fn worker(ctx: WorkerCtx, listeners: Vec<StdListener>, shared: Arc<Shared>
         },
         scratch: Scratch::new(shared.config.relay.buffer_size),
         idle: IdleTimer::new(shared.config.timeouts.idle),
+        peeks: PeekBudget::new(shared.config.relay.peek_memory),
         shared,
     });
     core.upstream.warm_pools();

@@ -208,6 +208,15 @@ impl Collector for LbCollector {
                 .into_iter()
                 .map(|(l, v)| (l, ConstCounter::new(v))),
         )?;
+        family(
+            &mut enc,
+            "lb_core_peek_refused",
+            "Clients refused because the core's head-peek memory (relay.peek_memory) was in use.",
+            MetricType::Counter,
+            per_core(&|i| c.get(i).peek_refused)
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
         let none = || -> Labels { Vec::new() };
         family(
             &mut enc,

@@ -160,9 +160,12 @@ pub fn route(req: &Request, shared: &Arc<Shared>) -> Response {
             Response::json(200, json!(stats::backends_json(shared)).to_string())
         }
         ("DELETE", ["lb", "backends", name]) => {
-            let from_file = shared.set.load().backends.iter().any(|b| {
-                b.name == *name && b.origin == crate::shared::set::Origin::Config
-            });
+            let from_file = shared
+                .set
+                .load()
+                .backends
+                .iter()
+                .any(|b| b.name == *name && b.origin == crate::shared::set::Origin::Config);
             match shared.set.remove(name) {
                 Ok(g) => {
                     if from_file {

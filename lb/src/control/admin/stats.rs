@@ -39,7 +39,7 @@ pub fn stats(shared: &Shared) -> Value {
     let cores: Vec<Value> = (0..shared.cores.cores())
         .map(|i| {
             let c = shared.cores.get(i);
-            json!({ "core": i, "accepted": c.accepted, "active": c.active, "no_backend": c.no_backend })
+            json!({ "core": i, "accepted": c.accepted, "active": c.active, "no_backend": c.no_backend, "peek_refused": c.peek_refused })
         })
         .collect();
     json!({
