@@ -84,14 +84,17 @@ class Render(unittest.TestCase):
             md = (d / "summary.md").read_text()
             self.assertIn("| `least_connections` | 180 (60.0%) | 80 (26.7%) | 40 (13.3%) | 2.60 | 27.10 |", md)
             self.assertIn("0.100 / 0.100 / 0.100", md)
-            self.assertIn("Lowest client p99: `least_response_time` (26.90 ms)", md)
-            self.assertIn("Largest share on the fastest backend s1: `least_connections` (60.0%)", md)
-            self.assertIn("`least_response_time` favours the fastest backend: s1 50.0%", md)
-            self.assertIn("its client p99 ranks 1 of 4", md)
+            self.assertIn("Client p99 ranges from 26.90 ms (`least_response_time`) to 27.50 ms (`maglev`)", md)
+            self.assertIn("at least 13.3% of the requests (`least_connections`)", md)
+            self.assertIn("largest share on the fastest backend s1: `least_connections` (60.0%)", md)
+            self.assertIn("`least_response_time`: s1 50.0%, s2 33.3%, s3 16.7%; client p50 ranks 2 and p99 1 of 4", md)
+            self.assertIn("whose median was 0.100 ms for every backend", md)
             self.assertIn("as with `least_connections` (s1 60.0%, s2 26.7%, s3 13.3%)", md)
+            self.assertIn("under `least_connections` from 50.0% to 10.0%, half-way after 0.50 s (details", md)
             self.assertIn("`maglev` s1 30.0%, s2 36.7%, s3 33.3%", md)
-            self.assertIn("| `least_connections` | 50.0% | 10.0% | 0.50 s | 52.00 | 0 |", md)
-            self.assertIn("| `round_robin` | 33.0% | 33.0% | did not move (less than 5 points) |", md)
+            self.assertIn("| `least_connections` | 50.0% (50-50) | 10.0% | 0.50 s | 52.00 | 0 |", md)
+            self.assertIn("| `round_robin` | 33.0% (33-33) | 33.0% | did not move (less than 5 points) |", md)
+            self.assertIn("figures **before** issue 17's change", md)
             self.assertIn("Machine: Test CPU, 2 CPUs", md)
             self.assertIn("python3 bench/experiments.py a1-latency --requests 300", md)
             # Every table row has as many cells as its header.
@@ -105,6 +108,15 @@ class Render(unittest.TestCase):
                 self.assertTrue(svg.startswith("<svg") and svg.rstrip().endswith("</svg>"), name)
             self.assertIn("least_response_time,150,100,50", (d / "a1-latency.csv").read_text())
             self.assertEqual(json.loads((d / ex.JSON_NAME).read_text())["keys"], 1000)
+
+    def test_a_first_byte_run_is_not_explained_by_connect_times(self):
+        data = fixture()
+        data["least_response_time_metric"] = "first_byte"
+        with tempfile.TemporaryDirectory() as tmp:
+            ex.render(data, Path(tmp))
+            md = (Path(tmp) / "summary.md").read_text()
+            self.assertIn("`least_response_time`: s1 50.0%", md)
+            self.assertNotIn("**connect** time", md)
 
     def test_without_a_turns_slow_part_there_is_no_timeline_section(self):
         data = fixture()
