@@ -82,7 +82,6 @@ def add_arguments(p):
                    help="interval of the requests on held connections (default 250)")
     p.add_argument("--variants", default=",".join(v[0] for v in VARIANTS),
                    help="comma-separated subset of: " + ", ".join(v[0] for v in VARIANTS))
-    p.add_argument("--out", default=None, help=f"output folder (default bench-results/{DIR})")
     p.add_argument("--replot", action="store_true",
                    help=f"no measurement: redraw the charts and summary from the output folder's ecmp.json")
 
@@ -739,7 +738,7 @@ errors).
 
 
 def run(args):
-    d = Path(args.out) if args.out else out_dir(DIR)
+    d = Path(args.out) if args.out else out_dir(DIR, replot=args.replot)
     if args.replot:
         return render(json.loads((d / "ecmp.json").read_text()), d)
     if os.geteuid() != 0:

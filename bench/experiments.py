@@ -6,8 +6,9 @@
   A-2 scaling:      2..6 backends, 10,000 new-connection requests each, for a subset of the
       algorithms: how even is the load per backend (stdev as % of the mean), and the throughput.
 
-  A-3 failover, A-4 hashing, sticky sessions, saturation and ECMP (lb instances behind a
-  multipath router, in network namespaces) live in bench/exp_*.py.
+  A-1 latency (backends of different speed), A-3 failover, A-4 hashing, sticky sessions,
+  saturation and ECMP (lb instances behind a multipath router, in network namespaces) live in
+  bench/exp_*.py.
 
 Usage:  python3 bench/experiments.py [--build] EXPERIMENT [options] [--out DIR]   (EXPERIMENT --help: options)
 Each writes JSON, CSV, SVG and summary.md to a fresh, git-ignored bench-results/runs/<experiment>-<time>/,
@@ -306,6 +307,7 @@ Raw data: [a2.json](a2.json) (per run: counts per server, latency, commands, env
 
 # Experiments in their own modules: name -> module with add_arguments(parser) and run(args).
 MODULES = {
+    "a1-latency": "exp_latency",
     "a3": "exp_failover",
     "a4": "exp_hashing",
     "sticky": "exp_sticky",

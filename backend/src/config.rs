@@ -27,6 +27,9 @@ pub const MAX_ID_LEN: usize = 128;
 ///   GET /health               200 {"status":"ok"}, or 503 {"status":"unhealthy"}
 ///   POST /admin/health/fail   make /health answer 503 (as does signal SIGUSR1)
 ///   POST /admin/health/ok     make /health answer 200 again (as does signal SIGUSR2)
+///   GET /admin/latency        {"server":"<id>","min_ms":A,"max_ms":B}: the delay of `/`
+///   POST /admin/latency       body {"min_ms":A,"max_ms":B} (max_ms defaults to min_ms): set
+///                             that delay on every core at once, for requests that follow
 ///   anything else, e.g. GET / 200 {"server":"<id>","requests":<n>}, after the latency delay,
 ///                             or 500 for the FAILURE_RATE share; n counts these requests
 ///                             over all cores (health and admin requests are not counted)
@@ -186,7 +189,7 @@ impl Config {
                 cli.min_latency, max_latency
             ));
         }
-        if max_latency > 3_600_000 {
+        if max_latency > crate::latency::MAX_MS {
             return Err(format!(
                 "--max-latency (MAX_LATENCY) is in milliseconds and at most one hour, got {max_latency}"
             ));

@@ -5,6 +5,11 @@
 //! - `/health` (any method): 200 `{"status":"ok"}`, or 503 `{"status":"unhealthy"}`.
 //! - `POST /admin/health/fail`, `POST /admin/health/ok`: make `/health` fail / recover
 //!   (other methods: 405).
+//! - `GET /admin/latency`: the delay range of `/`, `{"server":"<id>","min_ms":A,"max_ms":B}`;
+//!   `POST /admin/latency` with `{"min_ms":A,"max_ms":B}` (`max_ms` defaults to `min_ms`) sets it
+//!   for every core at once and answers the same JSON (400 with the reason for a bad range or
+//!   body, 411 for a chunked body, 413 for one over [`latency::MAX_BODY`]; other methods: 405).
+//!   It applies to requests whose head arrives after the change.
 //! - anything else, e.g. `/`: 200 `{"server":"<id>","requests":<n>}` (padded to `--body-size`),
 //!   or 500 for the `--failure-rate` share, after a `--min-latency..=--max-latency` delay.
 //!   Only these requests are counted, delayed or failed. The count is exact with one core; with
@@ -30,6 +35,7 @@ use monoio::net::TcpStream;
 use crate::chunked::Chunked;
 use crate::config::HttpSettings;
 use crate::health::Health;
+use crate::latency::{self, Latency};
 
 /// Initial per-connection read buffer; grows (rarely) up to about twice `--max-head`.
 pub const READ_BUF: usize = 4096;
@@ -79,7 +85,13 @@ enum Route {
     Main,
     Health,
     SetHealth(bool),
-    AdminMethodNotAllowed,
+    GetLatency,
+    /// The JSON body is collected into [`Conn`] before the answer.
+    SetLatency,
+    /// A `POST /admin/latency` whose body is chunked (411) or too large (413): skipped, refused.
+    LatencyBodyRefused(u16),
+    /// 405 with this `Allow` value.
+    AdminMethodNotAllowed(&'static str),
 }
 
 /// A request whose head was parsed; answered once its body has been skipped.
@@ -103,6 +115,8 @@ struct CachedHead {
 pub struct Ctx {
     settings: HttpSettings,
     health: &'static Health,
+    /// The delay range of `/`, shared by every core; `settings` holds only its start value.
+    latency: Arc<Latency>,
     counters: Arc<Counters>,
     core: usize,
     /// This core's count (exact) and the other cores' (refreshed every [`COUNT_REFRESH`]).
@@ -123,6 +137,7 @@ impl Ctx {
     pub fn new(
         settings: HttpSettings,
         health: &'static Health,
+        latency: Arc<Latency>,
         counters: Arc<Counters>,
         padding: Arc<[u8]>,
         core: usize,
@@ -153,6 +168,7 @@ impl Ctx {
             })),
             settings,
             health,
+            latency,
             counters,
             core,
             local: Cell::new(0),
@@ -189,7 +205,7 @@ impl Ctx {
     }
 
     fn roll_delay(&self) -> u64 {
-        let (min, max) = (self.settings.min_latency_ms, self.settings.max_latency_ms);
+        let (min, max) = self.latency.get();
         if max == 0 {
             0
         } else if min == max {
@@ -217,7 +233,8 @@ impl Ctx {
         local + self.others.get()
     }
 
-    fn respond(&self, p: &Pending, out: &mut Vec<u8>) {
+    /// `body`: the request body, collected for the routes that read one (empty otherwise).
+    fn respond(&self, p: &Pending, body: &[u8], out: &mut Vec<u8>) {
         match p.route {
             Route::Main => {
                 let count = self.count();
@@ -240,11 +257,47 @@ impl Ctx {
                 }
                 self.small(out, 200, &self.admin_bodies[healthy as usize], p, None);
             }
-            Route::AdminMethodNotAllowed => {
-                let body = br#"{"error":"use POST"}"#;
-                self.small(out, 405, body, p, Some(("Allow", b"POST")));
+            Route::GetLatency => self.latency_answer(out, p),
+            Route::SetLatency => match self.latency.set_from_json(body) {
+                Ok((min_ms, max_ms)) => {
+                    tracing::info!(min_ms, max_ms, "latency changed by an admin request");
+                    self.latency_answer(out, p);
+                }
+                Err(e) => {
+                    let body = serde_json::json!({ "error": e.to_string() }).to_string();
+                    self.small(out, 400, body.as_bytes(), p, None);
+                }
+            },
+            Route::LatencyBodyRefused(status) => {
+                let body: &[u8] = if status == 411 {
+                    br#"{"error":"send the JSON body with a Content-Length, not chunked"}"#
+                } else {
+                    br#"{"error":"the JSON body is larger than 1024 bytes"}"#
+                };
+                self.small(out, status, body, p, None);
+            }
+            Route::AdminMethodNotAllowed(allow) => {
+                let body = format!(r#"{{"error":"use {}"}}"#, allow.replace(", ", " or "));
+                self.small(
+                    out,
+                    405,
+                    body.as_bytes(),
+                    p,
+                    Some(("Allow", allow.as_bytes())),
+                );
             }
         }
+    }
+
+    fn latency_answer(&self, out: &mut Vec<u8>, p: &Pending) {
+        let (min_ms, max_ms) = self.latency.get();
+        let body = serde_json::json!({
+            "server": self.settings.id,
+            "min_ms": min_ms,
+            "max_ms": max_ms,
+        })
+        .to_string();
+        self.small(out, 200, body.as_bytes(), p, None);
     }
 
     /// The hot path: a cached head plus the JSON (and padding), no formatting machinery.
@@ -366,6 +419,8 @@ enum Body {
     None,
     Length(u64),
     Chunked(Chunked),
+    /// A body to keep (for [`Route::SetLatency`]): this many bytes still to come.
+    Collect(u64),
 }
 
 /// Per-connection protocol state: the body being skipped and the request waiting for an answer.
@@ -373,6 +428,9 @@ enum Body {
 pub struct Conn {
     body: Body,
     pending: Option<Pending>,
+    /// The body of the pending request when its route reads one (at most
+    /// [`latency::MAX_BODY`]); empty, and unallocated, otherwise.
+    collected: Vec<u8>,
 }
 
 impl Default for Conn {
@@ -386,6 +444,7 @@ impl Conn {
         Conn {
             body: Body::None,
             pending: None,
+            collected: Vec::new(),
         }
     }
 
@@ -408,6 +467,16 @@ impl Conn {
                     let n = (*left).min((input.len() - pos) as u64);
                     pos += n as usize;
                     *left -= n;
+                    if *left > 0 {
+                        return (pos, Next::Read);
+                    }
+                    self.body = Body::None;
+                }
+                Body::Collect(left) => {
+                    let n = (*left).min((input.len() - pos) as u64) as usize;
+                    self.collected.extend_from_slice(&input[pos..pos + n]);
+                    pos += n;
+                    *left -= n as u64;
                     if *left > 0 {
                         return (pos, Next::Read);
                     }
@@ -436,7 +505,10 @@ impl Conn {
                     self.pending = Some(p);
                     return (pos, Next::Delay(delay));
                 }
-                ctx.respond(&p, out);
+                ctx.respond(&p, &self.collected, out);
+                if !self.collected.is_empty() {
+                    self.collected = Vec::new();
+                }
                 if !p.keep_alive {
                     return (
                         pos,
@@ -522,11 +594,25 @@ impl Conn {
         let route = match path {
             "/health" => Route::Health,
             "/admin/health/fail" | "/admin/health/ok" if method != "POST" => {
-                Route::AdminMethodNotAllowed
+                Route::AdminMethodNotAllowed("POST")
             }
             "/admin/health/fail" => Route::SetHealth(false),
             "/admin/health/ok" => Route::SetHealth(true),
+            "/admin/latency" => match method {
+                "GET" | "HEAD" => Route::GetLatency,
+                "POST" => Route::SetLatency,
+                _ => Route::AdminMethodNotAllowed("GET, POST"),
+            },
             _ => Route::Main,
+        };
+        // The latency body is kept (bounded); everything else is skipped.
+        let (route, body) = match (route, body) {
+            (Route::SetLatency, Body::Length(n)) if n > latency::MAX_BODY as u64 => {
+                (Route::LatencyBodyRefused(413), body)
+            }
+            (Route::SetLatency, Body::Length(n)) => (route, Body::Collect(n)),
+            (Route::SetLatency, Body::Chunked(_)) => (Route::LatencyBodyRefused(411), body),
+            other => other,
         };
         let main = route == Route::Main;
         self.body = body;
@@ -725,7 +811,18 @@ mod tests {
     fn ctx_with(settings: HttpSettings) -> Ctx {
         let health: &'static Health = Box::leak(Box::new(Health::new()));
         let padding = Ctx::padding_for(&settings);
-        Ctx::new(settings, health, Arc::new(Counters::new(1)), padding, 0)
+        let latency = Arc::new(Latency::new(
+            settings.min_latency_ms,
+            settings.max_latency_ms,
+        ));
+        Ctx::new(
+            settings,
+            health,
+            latency,
+            Arc::new(Counters::new(1)),
+            padding,
+            0,
+        )
     }
 
     fn ctx() -> Ctx {
@@ -989,6 +1086,132 @@ mod tests {
     }
 
     #[test]
+    fn the_latency_admin_path_reports_and_sets_the_delay_of_root() {
+        let c = ctx();
+        let mut conn = Conn::new();
+        let body = br#"{"min_ms": 40, "max_ms": 40}"#;
+        let req = format!(
+            "GET /admin/latency HTTP/1.1\r\n\r\nPOST /admin/latency HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}GET / HTTP/1.1\r\n\r\n",
+            body.len(),
+            std::str::from_utf8(body).unwrap()
+        );
+        let mut input = req.into_bytes();
+        let mut out = Vec::new();
+        let (used, next) = conn.feed(&c, &input, &mut out);
+        consume(&mut input, used);
+        // The two admin answers come at once; the root request then asks for the new delay.
+        assert_eq!(next, Next::Delay(Duration::from_millis(40)));
+        let resps = parse_all(&out);
+        assert_eq!(resps.len(), 2);
+        assert_eq!(
+            resps[0].json(),
+            serde_json::json!({"server": "s1", "min_ms": 0, "max_ms": 0})
+        );
+        assert_eq!(
+            resps[1].json(),
+            serde_json::json!({"server": "s1", "min_ms": 40, "max_ms": 40})
+        );
+        assert!(resps.iter().all(|r| r.status == 200));
+        assert_eq!(c.latency.get(), (40, 40));
+        out.clear();
+        let (used, next) = conn.feed(&c, &input, &mut out);
+        assert_eq!((used, next), (input.len(), Next::Read));
+        assert_eq!(
+            parse_all(&out)[0].json()["requests"],
+            1,
+            "admin requests are not counted"
+        );
+    }
+
+    #[test]
+    fn a_latency_body_split_across_reads_is_collected_whatever_the_split() {
+        let body = br#"{"min_ms":5,"max_ms":9}"#;
+        let req = format!(
+            "POST /admin/latency?x=1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            std::str::from_utf8(body).unwrap()
+        );
+        let req = req.as_bytes();
+        for split in 0..=req.len() {
+            let c = ctx();
+            let mut conn = Conn::new();
+            let mut buf = req[..split].to_vec();
+            let mut out = Vec::new();
+            let (used, next) = conn.feed(&c, &buf, &mut out);
+            assert_eq!(next, Next::Read, "split {split}");
+            consume(&mut buf, used);
+            buf.extend_from_slice(&req[split..]);
+            let (used, next) = conn.feed(&c, &buf, &mut out);
+            assert_eq!((used, next), (buf.len(), Next::Read), "split {split}");
+            let resps = parse_all(&out);
+            assert_eq!(resps.len(), 1, "split {split}");
+            assert_eq!(resps[0].status, 200, "split {split}");
+            assert_eq!(c.latency.get(), (5, 9), "split {split}");
+            assert!(conn.collected.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_latency_requests_are_refused_and_the_connection_stays_usable() {
+        let c = ctx_with({
+            let mut s = HttpSettings::with_id("s1");
+            s.min_latency_ms = 2;
+            s.max_latency_ms = 3;
+            s
+        });
+        let mut conn = Conn::new();
+        let post = |body: &str| {
+            format!(
+                "POST /admin/latency HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let big = format!(r#"{{"min_ms": 1{}}}"#, " ".repeat(latency::MAX_BODY));
+        let mut req = String::new();
+        for body in [
+            "not json",
+            r#"{"min_ms": 9, "max_ms": 1}"#,
+            r#"{"min_ms": 1, "max_ms": 3600001}"#,
+            r#"{"min": 1}"#,
+            "",
+            big.as_str(),
+        ] {
+            req.push_str(&post(body));
+        }
+        req.push_str(
+            "POST /admin/latency HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{}\n\r\n0\r\n\r\n",
+        );
+        req.push_str("PUT /admin/latency HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        req.push_str("GET /admin/latency HTTP/1.1\r\n\r\n");
+        let mut input = req.into_bytes();
+        let mut out = Vec::new();
+        loop {
+            let (used, next) = conn.feed(&c, &input, &mut out);
+            consume(&mut input, used);
+            match next {
+                Next::Read if input.is_empty() => break,
+                Next::Flush => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let resps = parse_all(&out);
+        let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [400, 400, 400, 400, 400, 413, 411, 405, 200]);
+        assert!(resps[1].json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("must not exceed"));
+        assert!(resps[0].json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("min_ms"));
+        assert_eq!(resps[7].header("allow"), Some("GET, POST"));
+        assert!(resps.iter().all(|r| r.header("connection").is_none()));
+        assert_eq!(resps[8].json()["min_ms"], 2, "nothing was changed");
+        assert_eq!(c.latency.get(), (2, 3));
+    }
+
+    #[test]
     fn head_requests_get_the_head_without_a_body() {
         let c = ctx();
         let mut out = Vec::new();
@@ -1111,8 +1334,23 @@ mod tests {
         let counters = Arc::new(Counters::new(2));
         let health: &'static Health = Box::leak(Box::new(Health::new()));
         let s = HttpSettings::with_id("s1");
-        let a = Ctx::new(s.clone(), health, counters.clone(), Ctx::padding_for(&s), 0);
-        let b = Ctx::new(s.clone(), health, counters.clone(), Ctx::padding_for(&s), 1);
+        let latency = Arc::new(Latency::new(0, 0));
+        let a = Ctx::new(
+            s.clone(),
+            health,
+            latency.clone(),
+            counters.clone(),
+            Ctx::padding_for(&s),
+            0,
+        );
+        let b = Ctx::new(
+            s.clone(),
+            health,
+            latency,
+            counters.clone(),
+            Ctx::padding_for(&s),
+            1,
+        );
         for _ in 0..5 {
             a.count();
         }

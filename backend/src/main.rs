@@ -5,6 +5,7 @@ mod config;
 mod echo;
 mod health;
 mod http_server;
+mod latency;
 mod server;
 mod stop;
 

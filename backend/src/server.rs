@@ -17,6 +17,7 @@ use lb_common::task::spawn_guarded;
 use crate::config::{Config, Mode};
 use crate::health::{self, HEALTH};
 use crate::http_server::{self, Counters, Ctx};
+use crate::latency::Latency;
 use crate::stop;
 
 /// Shared by the workers while they start.
@@ -67,6 +68,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         "starting"
     );
     let counters = Arc::new(Counters::new(cfg.cores));
+    let latency = Arc::new(Latency::new(
+        cfg.http.min_latency_ms,
+        cfg.http.max_latency_ms,
+    ));
     let padding = Ctx::padding_for(&cfg.http);
     let mut opts = WorkerOpts::new("backend", cfg.cores);
     opts.pin = cfg.pin;
@@ -75,6 +80,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let cfg = cfg.clone();
         let startup = startup.clone();
         let counters = counters.clone();
+        let latency = latency.clone();
         let padding = padding.clone();
         async move {
             let std_listener = startup.listeners[w.index]
@@ -100,6 +106,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     let ctx = Rc::new(Ctx::new(
                         cfg.http.clone(),
                         &HEALTH,
+                        latency,
                         counters,
                         padding,
                         w.index,

@@ -4,7 +4,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::client::{After, Detail, Failure, Outcome, Reply};
+use crate::outcome::{After, Detail, Failure, Outcome, Reply};
 use crate::stats::ErrorKind;
 
 /// Payloads go out in pieces of at most this much, each read back before the next is written, so

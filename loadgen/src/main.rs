@@ -4,6 +4,7 @@ mod args;
 mod client;
 mod echo;
 mod keys;
+mod outcome;
 mod report;
 mod response;
 mod run;

@@ -103,6 +103,9 @@ pub struct Bucket {
     pub errors: [u64; ErrorKind::COUNT],
     /// Allocated on the bucket's first response.
     pub hist: Option<Histogram<u32>>,
+    /// Responses per server slot (index into [`CoreStats::servers`]); as long as the highest
+    /// slot seen in this bucket.
+    pub servers: Vec<u64>,
 }
 
 /// Everything one core measured. Owned by the core (behind an `Rc<RefCell>` shared by its
@@ -222,6 +225,10 @@ impl CoreStats {
             .hist
             .get_or_insert_with(bucket_histogram)
             .saturating_record(us);
+        if bucket.servers.len() <= server {
+            bucket.servers.resize(server + 1, 0);
+        }
+        bucket.servers[server] += 1;
         if let Some(kind) = status_error {
             bucket.errors[kind as usize] += 1;
         }
@@ -275,6 +282,8 @@ pub struct BucketSummary {
     pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// `X-Server-Id` -> responses in this bucket (only ids that answered in it).
+    pub servers: std::collections::BTreeMap<String, u64>,
 }
 
 /// All cores merged.
@@ -325,6 +334,7 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
     };
     let mut servers: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut buckets: Vec<Bucket> = Vec::new();
+    let mut bucket_servers: Vec<std::collections::BTreeMap<String, u64>> = Vec::new();
     for c in cores {
         t.requests += c.requests;
         t.bytes += c.bytes;
@@ -340,12 +350,12 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         }
         t.hist.add(&c.hist).expect("histograms share bounds");
         t.lag.add(&c.lag).expect("histograms share bounds");
+        let ids: Vec<String> = c
+            .servers
+            .iter()
+            .map(|(id, _)| String::from_utf8_lossy(id).into_owned())
+            .collect();
         if !c.keys.map.is_empty() {
-            let ids: Vec<String> = c
-                .servers
-                .iter()
-                .map(|(id, _)| String::from_utf8_lossy(id).into_owned())
-                .collect();
             merge_tally(&mut t.per_key, c.keys, &ids);
         }
         for (id, n) in c.servers {
@@ -361,9 +371,18 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         );
         if buckets.len() < c.buckets.len() {
             buckets.resize_with(c.buckets.len(), Bucket::default);
+            bucket_servers.resize_with(c.buckets.len(), Default::default);
         }
-        for (into, from) in buckets.iter_mut().zip(c.buckets) {
+        for ((into, from), into_servers) in buckets
+            .iter_mut()
+            .zip(c.buckets)
+            .zip(bucket_servers.iter_mut())
+        {
             into.requests += from.requests;
+            // As in the totals, a slot the core never interned is not counted.
+            for (id, n) in ids.iter().zip(&from.servers).filter(|(_, n)| **n > 0) {
+                *into_servers.entry(id.clone()).or_insert(0) += n;
+            }
             for (e, n) in into.errors.iter_mut().zip(from.errors) {
                 *e += n;
             }
@@ -385,8 +404,9 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
         .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     t.timeline = buckets
         .into_iter()
+        .zip(bucket_servers)
         .enumerate()
-        .map(|(i, b)| {
+        .map(|(i, (b, servers))| {
             let q = |p: f64| {
                 b.hist
                     .as_ref()
@@ -405,6 +425,7 @@ pub fn merge(cores: Vec<CoreStats>) -> Totals {
                     .collect(),
                 p50_ms: q(0.5),
                 p99_ms: q(0.99),
+                servers,
             }
         })
         .collect();
@@ -490,8 +511,12 @@ mod tests {
         let mut a = CoreStats::new(start, bucket, p.clone());
         let mut b = CoreStats::new(start, bucket, p);
         let ms = Duration::from_millis;
-        a.record_response(start + ms(50), ms(1), 200, 0, 0);
-        b.record_response(start + ms(99), ms(1), 200, 0, 0);
+        let (a1, a2) = (a.intern_server(Some(b"s1")), a.intern_server(Some(b"s2")));
+        let b2 = b.intern_server(Some(b"s2"));
+        a.record_response(start + ms(50), ms(1), 200, a1, 0);
+        a.record_response(start + ms(60), ms(1), 200, a2, 0);
+        b.record_response(start + ms(99), ms(1), 200, b2, 0);
+        b.record_response(start + ms(1210), ms(1), 200, b2, 0);
         b.record_error(start + ms(150), ErrorKind::Timeout, || "t".into());
         a.record_error(start + ms(1250), ErrorKind::Reset, || "r".into());
         a.record_error(start + ms(1260), ErrorKind::Reset, || "r".into());
@@ -499,8 +524,19 @@ mod tests {
         assert_eq!(t.bucket_ms, 100);
         assert_eq!(t.timeline.len(), 13);
         assert_eq!((t.timeline[0].t_ms, t.timeline[0].second), (0, 0));
-        assert_eq!(t.timeline[0].requests, 2);
+        assert_eq!(t.timeline[0].requests, 3);
         assert!(t.timeline[0].errors_by_kind.is_empty());
+        let per = |i: usize| {
+            t.timeline[i]
+                .servers
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v))
+                .collect::<Vec<_>>()
+        };
+        // Slots differ per core (s2 is a's slot 1 and b's slot 0): merged by id.
+        assert_eq!(per(0), [("s1", 1), ("s2", 2)]);
+        assert!(per(1).is_empty(), "errors carry no server");
+        assert_eq!(per(12), [("s2", 1)]);
         assert_eq!(t.timeline[1].errors, 1);
         assert_eq!(t.timeline[1].errors_by_kind.get("timeout"), Some(&1));
         let last = &t.timeline[12];

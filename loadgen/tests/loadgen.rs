@@ -84,6 +84,16 @@ fn a_fixed_request_count_is_exact_and_split_between_server_ids() {
         .map(|s| s["requests"].as_u64().unwrap())
         .sum();
     assert_eq!(timeline_total, 1000);
+    // Each bucket says which servers answered in it; over all buckets that is `servers`.
+    for id in ["a", "b"] {
+        let per_bucket: u64 = j["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["servers"][id].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(per_bucket, 500, "{id}");
+    }
     assert!(run.f("/rps") > 0.0);
     assert!(run.u("/bytes") > 0);
     assert!(run.stdout.contains("a 500 (50.0%)"), "{}", run.stdout);

@@ -15,6 +15,7 @@
 //! | `consistent_hash` | `eligible`; weights from the specs at build time |
 //! | `maglev` | `eligible`; weights from the specs at build time |
 
+pub mod ewma;
 pub mod hash;
 pub mod least_connections;
 pub mod least_response_time;
