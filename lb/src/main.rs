@@ -66,18 +66,7 @@ fn main() {
         }
     };
     if args.check_config {
-        println!(
-            "configuration OK: listen {}, {} core(s), algorithm {}, {} backend(s){}",
-            config.listen,
-            config.cores,
-            config.algorithm.name(),
-            config.backends.len(),
-            if config.replicas.is_empty() {
-                ""
-            } else {
-                " (local replicas lb starts itself)"
-            }
-        );
+        println!("{}", summary(&config));
         return;
     }
     let opts = ServeOpts {
@@ -90,6 +79,48 @@ fn main() {
         std::process::exit(1);
     }
     tracing::info!("lb stopped");
+}
+
+/// What `--check-config` prints: the simple form in one line, listeners and services otherwise.
+fn summary(config: &Config) -> String {
+    let replicas = if config.replicas.is_empty() {
+        ""
+    } else {
+        " (local replicas lb starts itself)"
+    };
+    if config.listeners.len() == 1 && config.services.len() == 1 {
+        let s = &config.services[0];
+        return format!(
+            "configuration OK: listen {}, {} core(s), algorithm {}, {} backend(s){replicas}",
+            config.listen(),
+            config.cores,
+            s.algorithm.name(),
+            s.backends.len() + s.discover.len(),
+        );
+    }
+    let mut out = format!(
+        "configuration OK: {} listener(s), {} service(s), {} core(s){replicas}",
+        config.listeners.len(),
+        config.services.len(),
+        config.cores
+    );
+    for l in &config.listeners {
+        out.push_str(&format!(
+            "\n  listener {} on {} -> {}",
+            l.name,
+            l.address,
+            l.route.services().join(", ")
+        ));
+    }
+    for s in &config.services {
+        out.push_str(&format!(
+            "\n  service {}: {}, {} backend(s)",
+            s.name,
+            s.algorithm.name(),
+            s.backends.len() + s.discover.len()
+        ));
+    }
+    out
 }
 
 /// Environment then command line: what overrides the file, now and on every reload.

@@ -13,7 +13,7 @@ use lb_common::net::ListenerGroup;
 use crate::config::{Config, Overrides};
 use crate::control::{self, replicas, upgrade};
 use crate::shared::set::Health;
-use crate::shared::Shared;
+use crate::shared::{Listener, Shared};
 
 /// What the command line says about how to start, beyond the configuration itself.
 #[derive(Debug, Clone, Default)]
@@ -34,13 +34,14 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
     if !config.replicas.is_empty() {
         start_replicas(&config, started.clone()).map_err(anyhow::Error::msg)?;
     }
-    let (listeners, admin, takeover) = if opts.takeover {
+    let port = config.listen().port();
+    let (mut taken, admin, takeover) = if opts.takeover {
         if !config.replicas.is_empty() {
             anyhow::bail!("--takeover needs configured backends: the built-in local replicas belong to the old process");
         }
         let path = match &opts.upgrade_socket {
             Some(p) => p.clone(),
-            None => upgrade::default_path(config.listen.port())?,
+            None => upgrade::default_path(port)?,
         };
         let mut t = upgrade::take_over(&path)?;
         tracing::info!(listeners = t.listeners.len(), path = %path.display(), "took the listening sockets over");
@@ -48,17 +49,16 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
         (listeners, admin, Some((t, path)))
     } else {
         // A second lb on a port already served would split the clients between two
-        // configurations: refuse, naming the cure.
-        if let Some(path) = upgrade_path(&opts, config.listen.port()) {
+        // configurations: refuse, naming the cure. (Port 0 is a fresh port every time.)
+        if let Some(path) = (port != 0).then(|| upgrade_path(&opts, port)).flatten() {
             if upgrade::answers(&path) {
                 anyhow::bail!(
                     "cannot listen on {}: address in use: an lb already serves it (its upgrade socket {} answers); replace it with --takeover",
-                    config.listen,
+                    config.listen(),
                     path.display()
                 );
             }
         }
-        let listeners = bind(&config)?;
         let admin = match config.admin.listen {
             // A plain bind (no SO_REUSEPORT): a second lb on the same admin port must fail
             // loudly rather than share it. A process that just exited may still hold the port
@@ -73,25 +73,65 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        (listeners, admin, None)
+        (Vec::new(), admin, None)
     };
+    // Each configured listener: the sockets the old process handed over under its name (when
+    // its address is still the same), or freshly bound.
+    let mut sockets = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let handed = taken
+            .iter()
+            .position(|(name, _)| name == &l.name)
+            .map(|i| taken.swap_remove(i).1);
+        let socks = match handed {
+            Some(socks) if same_address(&socks, l.address) => socks,
+            Some(_) => {
+                tracing::warn!(listener = %l.name, address = %l.address, "the handed-over socket has another address: binding the configured one");
+                bind(l.address, config.cores, config.relay.backlog)?
+            }
+            None => bind(l.address, config.cores, config.relay.backlog)?,
+        };
+        let bound = socks[0].local_addr()?;
+        sockets.push((l.clone(), bound, socks));
+    }
+    for (name, _) in &taken {
+        tracing::info!(listener = %name, "a listener of the old process is not in this configuration: not served here");
+    }
     let admin_unix = match &config.admin.unix_socket {
         Some(path) => Some(bind_admin_unix(path)?),
         None => None,
     };
     let admin_fd = admin.as_ref().map(|l| l.as_raw_fd());
-    let listen = listeners[0].local_addr()?;
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let shared = Shared::new(
         config,
-        listen,
+        sockets
+            .iter()
+            .map(|(c, bound, socks)| {
+                (
+                    c.clone(),
+                    *bound,
+                    socks.iter().map(|s| s.as_raw_fd()).collect(),
+                )
+            })
+            .collect(),
         admin_addr,
-        listeners.iter().map(|l| l.as_raw_fd()).collect(),
     );
-    announce("lb", shared.listen);
-    if let Some(l) = &admin {
-        announce("lb admin", l.local_addr()?);
+    let routing = shared.routing.load_full();
+    announce("lb", routing.listeners[0].address);
+    if let Some(a) = admin_addr {
+        announce("lb admin", a);
     }
+    for l in &routing.listeners {
+        announce(&format!("lb listener {}", l.name), l.address);
+    }
+    let sockets: Vec<(Arc<Listener>, Vec<StdListener>)> = routing
+        .listeners
+        .iter()
+        .cloned()
+        .zip(sockets.into_iter().map(|(_, _, socks)| socks))
+        .collect();
+    let accept_loops: usize = sockets.iter().map(|(_, s)| s.len()).sum();
     control::start(shared.clone(), admin, admin_unix)?;
     let _ = started.set(shared.clone());
     match takeover {
@@ -101,7 +141,7 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
                 // Confirm only once every accept loop runs, so that the old process keeps
                 // accepting until this one does.
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while s.ready.load(std::sync::atomic::Ordering::SeqCst) < s.listener_fds.len()
+                while s.ready.load(std::sync::atomic::Ordering::SeqCst) < accept_loops
                     && Instant::now() < deadline
                 {
                     std::thread::sleep(Duration::from_millis(5));
@@ -115,7 +155,8 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
                 upgrade::serve_after_takeover(path, s, admin_fd);
             });
         }
-        None => match upgrade_path(&opts, shared.listen.port()) {
+        // Named after the port as bound, so that lbs on port 0 each get their own.
+        None => match upgrade_path(&opts, routing.listeners[0].address.port()) {
             Some(path) => {
                 if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
                     tracing::warn!(error = %e, "binary upgrade unavailable");
@@ -126,7 +167,14 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
             ),
         },
     }
-    crate::worker::run(shared, listeners)
+    crate::worker::run(shared, sockets)
+}
+
+fn same_address(socks: &[StdListener], want: SocketAddr) -> bool {
+    socks
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .is_some_and(|a| a.ip() == want.ip() && (want.port() == 0 || a.port() == want.port()))
 }
 
 /// `--upgrade-socket`, else the default for `port` (None when lb has no private directory for
@@ -172,9 +220,9 @@ fn bind_admin_unix(path: &std::path::Path) -> anyhow::Result<std::os::unix::net:
     Ok(l)
 }
 
-/// Listeners freshly bound: one `SO_REUSEPORT` socket per core.
-fn bind(config: &Config) -> anyhow::Result<Vec<StdListener>> {
-    Ok(ListenerGroup::bind(config.listen, config.cores, config.relay.backlog)?.into_listeners())
+/// A listener freshly bound: one `SO_REUSEPORT` socket per core.
+pub fn bind(addr: SocketAddr, cores: usize, backlog: i32) -> anyhow::Result<Vec<StdListener>> {
+    Ok(ListenerGroup::bind(addr, cores, backlog)?.into_listeners())
 }
 
 /// One line on stdout that scripts and tests read to learn a bound port.
@@ -248,11 +296,13 @@ fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Resul
     let checked = started.clone();
     let down: replicas::DownProbe = Arc::new(move |id: &str| {
         checked.get().is_some_and(|s| {
-            s.set
-                .load()
-                .backends
-                .iter()
-                .any(|b| b.name == id && b.health == Health::Down)
+            s.default_service().is_some_and(|svc| {
+                svc.set
+                    .load()
+                    .backends
+                    .iter()
+                    .any(|b| b.name == id && b.health == Health::Down)
+            })
         })
     });
     tracing::info!(
@@ -262,8 +312,8 @@ fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Resul
     // A restarted replica that listens again is fresh: every core stops skipping it at once.
     let serving = started.clone();
     let back: replicas::BackHook = Arc::new(move |id: &str| {
-        if let Some(s) = serving.get() {
-            if let Err(e) = s.set.mark_restarted(id) {
+        if let Some(svc) = serving.get().and_then(|s| s.default_service()) {
+            if let Err(e) = svc.set.mark_restarted(id) {
                 tracing::warn!(id, error = %e, "cannot mark the restarted replica as back");
             }
         }

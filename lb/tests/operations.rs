@@ -210,7 +210,7 @@ fn metrics_parse_as_prometheus_text() {
         assert!(name.starts_with("lb_"), "{line}");
     }
     assert!(
-        text.contains("lb_backend_connections_total{backend=\"a\""),
+        text.contains("lb_backend_connections_total{service=\"default\",backend=\"a\""),
         "{text}"
     );
 }

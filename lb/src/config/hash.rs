@@ -25,6 +25,8 @@ pub enum KeySource {
     ClientIp,
     /// A cookie or header of the first request head, which is peeked and replayed.
     Head(HeadKey),
+    /// The server name of the TLS ClientHello, which is peeked and replayed.
+    Sni,
 }
 
 impl KeySource {
@@ -35,26 +37,33 @@ impl KeySource {
 }
 
 /// `backends` is how many backends the table must hold (the Maglev size is checked against it).
-pub fn build(f: &FileHash, backends: usize) -> Result<(KeySource, HashConfig), ConfigError> {
+pub fn build(
+    prefix: &str,
+    f: &FileHash,
+    base: &(KeySource, HashConfig),
+    backends: usize,
+) -> Result<(KeySource, HashConfig), ConfigError> {
     let key = match f.key.as_deref() {
-        None | Some("client_ip") => KeySource::ClientIp,
-        Some(k) => KeySource::Head(parse_key(k)?),
+        None => base.0.clone(),
+        Some("client_ip") => KeySource::ClientIp,
+        Some("sni") => KeySource::Sni,
+        Some(k) => KeySource::Head(parse_key(prefix, k)?),
     };
-    let mut hash = HashConfig::default();
+    let mut hash = base.1;
     if let Some(h) = &f.key_hash {
         hash.key_hash = h
             .parse::<HashFn>()
-            .map_err(|e| invalid("hash.key_hash", e.to_string()))?;
+            .map_err(|e| invalid(&format!("{prefix}hash.key_hash"), e.to_string()))?;
     }
     if let Some(h) = &f.node_hash {
         hash.node_hash = h
             .parse::<HashFn>()
-            .map_err(|e| invalid("hash.node_hash", e.to_string()))?;
+            .map_err(|e| invalid(&format!("{prefix}hash.node_hash"), e.to_string()))?;
     }
     if let Some(v) = f.virtual_nodes {
         if !(1..=10_000).contains(&v) {
             return Err(invalid(
-                "hash.virtual_nodes",
+                &format!("{prefix}hash.virtual_nodes"),
                 format!("must be between 1 and 10000 (got {v}); 160 is a good default"),
             ));
         }
@@ -68,7 +77,7 @@ pub fn build(f: &FileHash, backends: usize) -> Result<(KeySource, HashConfig), C
             || !crate::balance::maglev::is_prime(m)
         {
             return Err(invalid(
-                "hash.maglev_table_size",
+                &format!("{prefix}hash.maglev_table_size"),
                 format!("must be a prime from 10x the number of backends up to {MAX_MAGLEV_TABLE_SIZE} (got {m}); 65537 is a good default"),
             ));
         }
@@ -77,12 +86,12 @@ pub fn build(f: &FileHash, backends: usize) -> Result<(KeySource, HashConfig), C
     Ok((key, hash))
 }
 
-fn parse_key(k: &str) -> Result<HeadKey, ConfigError> {
+fn parse_key(prefix: &str, k: &str) -> Result<HeadKey, ConfigError> {
     let bad = || {
         invalid(
-            "hash.key",
+            &format!("{prefix}hash.key"),
             format!(
-                "'{k}' is not a key source: use \"client_ip\", \"cookie:NAME\" or \"header:NAME\""
+                "'{k}' is not a key source: use \"client_ip\", \"sni\", \"cookie:NAME\" or \"header:NAME\""
             ),
         )
     };
@@ -117,8 +126,9 @@ mod tests {
             maglev_table_size: Some(m),
             ..Default::default()
         };
-        assert!(build(&f(MAX_MAGLEV_TABLE_SIZE), 3).is_ok());
-        assert!(build(&f(1_048_583), 3).is_err());
-        assert!(build(&f(9_223_372_036_854_775_783), 3).is_err());
+        let base = (KeySource::ClientIp, HashConfig::default());
+        assert!(build("", &f(MAX_MAGLEV_TABLE_SIZE), &base, 3).is_ok());
+        assert!(build("", &f(1_048_583), &base, 3).is_err());
+        assert!(build("", &f(9_223_372_036_854_775_783), &base, 3).is_err());
     }
 }

@@ -62,9 +62,27 @@ impl Default for HealthConfig {
     }
 }
 
-pub fn build(h: &FileHealth, base: &HealthConfig) -> Result<HealthConfig, ConfigError> {
+pub fn build(
+    prefix: &str,
+    h: &FileHealth,
+    base: &HealthConfig,
+) -> Result<HealthConfig, ConfigError> {
     let check = match h.check.as_deref() {
-        None => base.check.clone(),
+        // Inherited, unless this section names another path or status for an inherited HTTP check.
+        None => match (&base.check, &h.path, h.expect_status) {
+            (
+                HealthCheck::Http {
+                    path,
+                    expect_status,
+                },
+                p,
+                s,
+            ) if p.is_some() || s.is_some() => HealthCheck::Http {
+                path: p.clone().unwrap_or_else(|| path.clone()),
+                expect_status: s.unwrap_or(*expect_status),
+            },
+            (c, _, _) => c.clone(),
+        },
         Some("none") => HealthCheck::None,
         Some("tcp") => HealthCheck::Tcp,
         Some("http") => {
@@ -75,7 +93,7 @@ pub fn build(h: &FileHealth, base: &HealthConfig) -> Result<HealthConfig, Config
                     .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
             {
                 return Err(invalid(
-                    "health.path",
+                    &format!("{prefix}health.path"),
                     format!(
                         "'{path}' is not a request path: it must start with / and have no spaces"
                     ),
@@ -84,7 +102,7 @@ pub fn build(h: &FileHealth, base: &HealthConfig) -> Result<HealthConfig, Config
             let expect_status = h.expect_status.unwrap_or(DEFAULT_HEALTH_STATUS);
             if !(100..=599).contains(&expect_status) {
                 return Err(invalid(
-                    "health.expect_status",
+                    &format!("{prefix}health.expect_status"),
                     format!("must be an HTTP status 100-599 (got {expect_status})"),
                 ));
             }
@@ -95,21 +113,29 @@ pub fn build(h: &FileHealth, base: &HealthConfig) -> Result<HealthConfig, Config
         }
         Some(other) => {
             return Err(invalid(
-                "health.check",
+                &format!("{prefix}health.check"),
                 format!("'{other}' is not a check: use \"none\", \"tcp\" or \"http\""),
             ))
         }
     };
     let slow_start = match h.slow_start_ms {
         Some(0) => Duration::ZERO,
-        v => millis("health.slow_start_ms", v, base.slow_start)?,
+        v => millis(&format!("{prefix}health.slow_start_ms"), v, base.slow_start)?,
     };
     Ok(HealthConfig {
         check,
-        interval: millis("health.interval_ms", h.interval_ms, base.interval)?,
-        timeout: millis("health.timeout_ms", h.timeout_ms, base.timeout)?,
-        rise: count("health.rise", h.rise, base.rise)?,
-        fall: count("health.fall", h.fall, base.fall)?,
+        interval: millis(
+            &format!("{prefix}health.interval_ms"),
+            h.interval_ms,
+            base.interval,
+        )?,
+        timeout: millis(
+            &format!("{prefix}health.timeout_ms"),
+            h.timeout_ms,
+            base.timeout,
+        )?,
+        rise: count(&format!("{prefix}health.rise"), h.rise, base.rise)?,
+        fall: count(&format!("{prefix}health.fall"), h.fall, base.fall)?,
         slow_start,
     })
 }

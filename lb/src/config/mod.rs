@@ -7,15 +7,18 @@
 
 pub mod admin;
 pub mod backends;
+pub mod cidr;
 pub mod discovery;
 pub mod env;
 pub mod hash;
 pub mod health;
 pub mod listen;
+pub mod listeners;
 pub mod pool;
 pub mod relay;
 pub mod replicas;
 pub mod retry;
+pub mod services;
 pub mod shutdown;
 pub mod timeouts;
 mod values;
@@ -33,10 +36,12 @@ pub use discovery::DiscoveryConfig;
 pub use env::Overrides;
 pub use hash::KeySource;
 pub use health::{HealthCheck, HealthConfig};
+pub use listeners::{AcceptProxy, ListenerConfig, Route};
 pub use pool::PoolConfig;
 pub use relay::{RelayConfig, RelayMode};
 pub use replicas::{ReplicaSpec, ReplicasConfig};
 pub use retry::RetryConfig;
+pub use services::{SendProxy, ServiceConfig, DEFAULT_SERVICE};
 pub use shutdown::ShutdownConfig;
 pub use timeouts::Timeouts;
 
@@ -93,29 +98,29 @@ pub struct FileConfig {
     pub admin: admin::FileAdmin,
     #[serde(default)]
     pub shutdown: shutdown::FileShutdown,
+    #[serde(default)]
+    pub services: Vec<services::FileService>,
+    #[serde(default)]
+    pub listeners: Vec<listeners::FileListener>,
 }
 
-/// The validated configuration, by section.
+/// The validated configuration, by section: listeners feed services (DESIGN.md, the model).
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
     pub cores: usize,
     pub pin: bool,
-    pub algorithm: Algorithm,
-    /// The fixed backends, the replicas' among them.
-    pub backends: Vec<BackendConfig>,
-    /// Names re-resolved at run time into one backend per address.
-    pub discover: Vec<DiscoverSpec>,
+    /// Every address lb accepts on, in the file's order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Every backend pool, in the file's order (`default` first when there is one).
+    pub services: Vec<ServiceConfig>,
     pub discovery: DiscoveryConfig,
-    /// Local `backend` processes to start and supervise (the default when none is configured).
+    /// Local `backend` processes to start and supervise (the default when none is configured);
+    /// they are backends of the service `default`.
     pub replicas: ReplicasConfig,
-    pub key: KeySource,
-    pub hash: HashConfig,
+    /// The top-level timeouts: `peek` bounds what a listener reads before it picks a service.
     pub timeouts: Timeouts,
     pub relay: RelayConfig,
-    pub retry: RetryConfig,
     pub pool: PoolConfig,
-    pub health: HealthConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
     /// The file this came from, for reloads.
@@ -135,13 +140,32 @@ impl Config {
         })
     }
 
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The service today's single-service admin routes act on: `default`, or the only one.
+    pub fn default_service(&self) -> Option<&ServiceConfig> {
+        self.service(DEFAULT_SERVICE)
+            .or_else(|| (self.services.len() == 1).then(|| &self.services[0]))
+    }
+
+    /// The first listener's address (the single-service form's `listen`).
+    pub fn listen(&self) -> SocketAddr {
+        self.listeners[0].address
+    }
+
+    /// Every backend of every service.
+    pub fn backend_count(&self) -> usize {
+        self.services.iter().map(|s| s.backends.len()).sum()
+    }
+
     /// File (optional) + overrides -> validated config.
     pub fn build(
         file: FileConfig,
         over: Overrides,
         source: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
-        let listen = listen::build(file.listen.as_deref(), &over)?;
         let cores = over.cores.or(file.cores).unwrap_or(DEFAULT_CORES);
         if cores == 0 || cores > 1024 {
             return Err(invalid(
@@ -152,48 +176,192 @@ impl Config {
         let algorithm = over
             .algorithm
             .clone()
-            .or(file.algorithm)
+            .or(file.algorithm.clone())
             .unwrap_or_else(|| DEFAULT_ALGORITHM.into())
             .parse::<Algorithm>()
             .map_err(|e| invalid("algorithm", e.to_string()))?;
-        let (mut backends, discover) = backends::build(&file.backends, over.backends.as_deref())?;
-        let replicas = replicas::build(&file.replicas, backends.is_empty() && discover.is_empty())?;
-        backends.extend(replicas.backends());
+        let timeouts = timeouts::build("", &file.timeouts, &Timeouts::default())?;
+        let (top_key, top_hash) = hash::build(
+            "",
+            &file.hash,
+            &(KeySource::ClientIp, HashConfig::default()),
+            file.backends.len(),
+        )?;
+        let defaults = services::ServiceDefaults {
+            algorithm,
+            key: top_key,
+            hash: top_hash,
+            health: health::build("", &file.health, &HealthConfig::default())?,
+            retry: retry::build("", &file.retry, &RetryConfig::default())?,
+            timeouts,
+        };
+
+        // Named services, then the single-service form's `default` when it has anything.
+        let mut services = Vec::new();
+        for (i, f) in file.services.iter().enumerate() {
+            let s = services::build(i, f, &defaults)?;
+            if services.iter().any(|o: &ServiceConfig| o.name == s.name) {
+                return Err(invalid(
+                    &format!("services[{i}].name"),
+                    format!("service '{}' is defined twice", s.name),
+                ));
+            }
+            services.push(s);
+        }
+        let (mut fixed, discover) = backends::build(&file.backends, over.backends.as_deref())?;
+        let nothing_configured = fixed.is_empty() && discover.is_empty() && services.is_empty();
+        let replicas = replicas::build(&file.replicas, nothing_configured)?;
+        fixed.extend(replicas.backends());
+        if !fixed.is_empty() || !discover.is_empty() {
+            if services.iter().any(|s| s.name == DEFAULT_SERVICE) {
+                return Err(invalid(
+                    "backends",
+                    "top-level backends make the service `default`, and [[services]] defines one too: move them into it",
+                ));
+            }
+            let d = ServiceConfig {
+                name: DEFAULT_SERVICE.to_string(),
+                algorithm: defaults.algorithm,
+                key: defaults.key.clone(),
+                hash: defaults.hash,
+                health: defaults.health.clone(),
+                retry: defaults.retry,
+                timeouts: defaults.timeouts,
+                send_proxy: SendProxy::Off,
+                backends: fixed,
+                discover,
+            };
+            services::check_table("", &d)?;
+            services.insert(0, d);
+        }
+
+        let listeners = if file.listeners.is_empty() {
+            let address = listen::build(file.listen.as_deref(), &over)?;
+            let service = if services.iter().any(|s| s.name == DEFAULT_SERVICE) {
+                DEFAULT_SERVICE.to_string()
+            } else if services.len() == 1 {
+                services[0].name.clone()
+            } else {
+                return Err(invalid(
+                    "listeners",
+                    "with several [[services]], add [[listeners]] that name them",
+                ));
+            };
+            vec![ListenerConfig {
+                name: listeners::DEFAULT_LISTENER.to_string(),
+                address,
+                route: Route::Service(service),
+                accept_proxy: AcceptProxy::Off,
+                trusted_proxies: Default::default(),
+            }]
+        } else {
+            for (key, set) in [
+                ("listen", file.listen.is_some() || over.listen.is_some()),
+                ("HOST", over.host.is_some()),
+                ("PORT", over.port.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        "sets the single listener of the simple form; with [[listeners]], give each its `address` in the file",
+                    ));
+                }
+            }
+            let mut out = Vec::new();
+            for (i, f) in file.listeners.iter().enumerate() {
+                let l = listeners::build(i, f)?;
+                if out.iter().any(|o: &ListenerConfig| o.name == l.name) {
+                    return Err(invalid(
+                        &format!("listeners[{i}].name"),
+                        format!("listener '{}' is defined twice", l.name),
+                    ));
+                }
+                out.push(l);
+            }
+            out
+        };
+        for (i, l) in listeners.iter().enumerate() {
+            for name in l.route.services() {
+                if !services.iter().any(|s| s.name == name) {
+                    return Err(invalid(
+                        &format!("listeners[{i}]"),
+                        format!(
+                            "listener '{}' names the unknown service '{name}'; services: {}",
+                            l.name,
+                            services
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(o) = listeners[..i]
+                .iter()
+                .find(|o| overlaps(o.address, l.address))
+            {
+                return Err(invalid(
+                    &format!("listeners[{i}].address"),
+                    format!(
+                        "listener '{}' at {} overlaps listener '{}' at {}: each address can be served once",
+                        l.name, l.address, o.name, o.address
+                    ),
+                ));
+            }
+        }
         let admin = admin::build(
             &file.admin,
             over.admin.as_deref(),
             over.admin_token.as_deref(),
         )?;
-        let own: Vec<SocketAddr> = std::iter::once(listen).chain(admin.listen).collect();
-        backends::check_set(&backends, &own)?;
-        let (key, hash) = hash::build(&file.hash, backends.len())?;
-        let specs: Vec<crate::balance::BackendSpec> = backends
+        if let Some(a) = admin.listen {
+            if let Some(l) = listeners.iter().find(|l| overlaps(l.address, a)) {
+                return Err(invalid(
+                    "admin.listen",
+                    format!("{a} overlaps listener '{}' at {}", l.name, l.address),
+                ));
+            }
+        }
+        let own: Vec<SocketAddr> = listeners
             .iter()
-            .map(|b| crate::balance::BackendSpec::new(b.name.clone(), b.weight))
+            .map(|l| l.address)
+            .chain(admin.listen)
             .collect();
-        crate::balance::Table::check(algorithm, &specs, &hash)
-            .map_err(|e| invalid("hash.virtual_nodes", e.to_string()))?;
+        for s in &services {
+            backends::check_set(&s.backends, &own).map_err(|e| match e {
+                ConfigError::Invalid { key, message } if s.name != DEFAULT_SERVICE => {
+                    ConfigError::Invalid {
+                        key: format!("services.{}.{key}", s.name),
+                        message,
+                    }
+                }
+                e => e,
+            })?;
+        }
         Ok(Config {
-            listen,
             cores,
             pin: over.pin.or(file.pin).unwrap_or(false),
-            algorithm,
-            backends,
-            discover,
+            listeners,
+            services,
             discovery: discovery::build(&file.discovery)?,
             replicas,
-            key,
-            hash,
-            timeouts: timeouts::build(&file.timeouts, &Timeouts::default())?,
+            timeouts,
             relay: relay::build(&file.relay)?,
-            retry: retry::build(&file.retry, &RetryConfig::default())?,
             pool: pool::build(&file.pool)?,
-            health: health::build(&file.health, &HealthConfig::default())?,
             admin,
             shutdown: shutdown::build(&file.shutdown)?,
             source,
         })
     }
+}
+
+/// Two listen addresses that the kernel would not let two sockets bind: the same port on the same
+/// address, or on a wildcard and anything.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Parses TOML text into the file stage; the message names the offending key and line.
@@ -205,6 +373,10 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
 mod tests {
     use super::*;
     use crate::proxy::http::HeadKey;
+
+    fn d(c: &Config) -> &ServiceConfig {
+        c.default_service().unwrap()
+    }
 
     fn build(toml_text: &str, over: Overrides) -> Result<Config, ConfigError> {
         let file = parse_file(toml_text).map_err(|m| ConfigError::Parse {
@@ -225,20 +397,20 @@ mod tests {
     #[test]
     fn defaults_fill_everything_but_backends() {
         let c = build(TWO, Overrides::default()).unwrap();
-        assert_eq!(c.listen.to_string(), listen::DEFAULT_LISTEN);
+        assert_eq!(c.listen().to_string(), listen::DEFAULT_LISTEN);
         assert_eq!(c.cores, DEFAULT_CORES);
-        assert_eq!(c.algorithm, Algorithm::RoundRobin);
-        assert_eq!(c.backends[1].weight, 3);
-        assert_eq!(c.backends[0].name, "127.0.0.1:9001");
-        assert_eq!(c.key, KeySource::ClientIp);
+        assert_eq!(d(&c).algorithm, Algorithm::RoundRobin);
+        assert_eq!(d(&c).backends[1].weight, 3);
+        assert_eq!(d(&c).backends[0].name, "127.0.0.1:9001");
+        assert_eq!(d(&c).key, KeySource::ClientIp);
     }
 
     #[test]
     fn no_backends_means_local_replicas_unless_their_count_is_zero() {
         let c = build("", Overrides::default()).unwrap();
         assert_eq!(c.replicas.len(), 3);
-        assert_eq!(c.backends.len(), 3);
-        assert_eq!(c.backends[0].address.to_string(), "127.0.0.1:9001");
+        assert_eq!(d(&c).backends.len(), 3);
+        assert_eq!(d(&c).backends[0].address.to_string(), "127.0.0.1:9001");
         assert!(build(TWO, Overrides::default())
             .unwrap()
             .replicas
@@ -248,14 +420,14 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.backends[1].address.to_string(), "127.0.0.1:7001");
+        assert_eq!(d(&c).backends[1].address.to_string(), "127.0.0.1:7001");
         let c = build(
             &format!("{TWO}\n[replicas]\ncount = 2\nbase_port = 7000\ncommand = [\"srv\", \"-p\", \"{{port}}\"]\n"),
             Overrides::default(),
         )
         .unwrap();
         assert_eq!(
-            c.backends.len(),
+            d(&c).backends.len(),
             4,
             "declared replicas join the configured backends"
         );
@@ -356,9 +528,9 @@ mod tests {
         })
         .unwrap();
         let c = build(TWO, env.clone()).unwrap();
-        assert_eq!(c.algorithm, Algorithm::Random);
-        assert_eq!(c.backends.len(), 3);
-        assert_eq!(c.listen.to_string(), "0.0.0.0:9999");
+        assert_eq!(d(&c).algorithm, Algorithm::Random);
+        assert_eq!(d(&c).backends.len(), 3);
+        assert_eq!(c.listen().to_string(), "0.0.0.0:9999");
 
         let cli = Overrides {
             listen: Some("127.0.0.1:0".into()),
@@ -367,11 +539,11 @@ mod tests {
             ..Default::default()
         };
         let c = build(TWO, env.then(cli)).unwrap();
-        assert_eq!(c.algorithm, Algorithm::LeastConnections);
-        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(d(&c).algorithm, Algorithm::LeastConnections);
+        assert_eq!(c.listen().to_string(), "127.0.0.1:0");
         assert_eq!(c.cores, 2);
         assert_eq!(
-            c.backends.len(),
+            d(&c).backends.len(),
             3,
             "env backends stay when the CLI gives none"
         );
@@ -384,14 +556,17 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.key, KeySource::Head(HeadKey::Cookie("session".into())));
-        assert!(c.key.needs_http());
+        assert_eq!(
+            d(&c).key,
+            KeySource::Head(HeadKey::Cookie("session".into()))
+        );
+        assert!(d(&c).key.needs_http());
         let c = build(
             &format!("{TWO}\n[hash]\nkey = \"header:X-User\"\n"),
             Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.key, KeySource::Head(HeadKey::Header("X-User".into())));
+        assert_eq!(d(&c).key, KeySource::Head(HeadKey::Header("X-User".into())));
     }
 
     #[test]

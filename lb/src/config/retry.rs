@@ -46,25 +46,36 @@ impl Default for RetryConfig {
     }
 }
 
-pub fn build(f: &FileRetry, base: &RetryConfig) -> Result<RetryConfig, ConfigError> {
+pub fn build(prefix: &str, f: &FileRetry, base: &RetryConfig) -> Result<RetryConfig, ConfigError> {
     let tries = f.tries.unwrap_or(base.tries);
     if !(1..=MAX_RETRY_TRIES).contains(&tries) {
         return Err(invalid(
-            "retry.tries",
+            &format!("{prefix}retry.tries"),
             format!("must be between 1 (no retry) and {MAX_RETRY_TRIES} (got {tries})"),
         ));
     }
-    let eject = millis("retry.eject_ms", f.eject_ms, base.eject)?;
-    let eject_max = millis("retry.eject_max_ms", f.eject_max_ms, base.eject_max)?;
+    let eject = millis(&format!("{prefix}retry.eject_ms"), f.eject_ms, base.eject)?;
+    let eject_max = millis(
+        &format!("{prefix}retry.eject_max_ms"),
+        f.eject_max_ms,
+        base.eject_max,
+    )?;
     if eject_max < eject {
         return Err(invalid(
-            "retry.eject_max_ms",
-            format!("must be at least retry.eject_ms ({} ms)", eject.as_millis()),
+            &format!("{prefix}retry.eject_max_ms"),
+            format!(
+                "must be at least {prefix}retry.eject_ms ({} ms)",
+                eject.as_millis()
+            ),
         ));
     }
     Ok(RetryConfig {
         tries,
-        budget: millis("retry.budget_ms", f.budget_ms, base.budget)?,
+        budget: millis(
+            &format!("{prefix}retry.budget_ms"),
+            f.budget_ms,
+            base.budget,
+        )?,
         eject,
         eject_max,
     })

@@ -39,10 +39,14 @@ impl Default for Timeouts {
     }
 }
 
-pub fn build(f: &FileTimeouts, base: &Timeouts) -> Result<Timeouts, ConfigError> {
+pub fn build(prefix: &str, f: &FileTimeouts, base: &Timeouts) -> Result<Timeouts, ConfigError> {
     Ok(Timeouts {
-        connect: millis("timeouts.connect_ms", f.connect_ms, base.connect)?,
-        idle: millis("timeouts.idle_ms", f.idle_ms, base.idle)?,
-        peek: millis("timeouts.peek_ms", f.peek_ms, base.peek)?,
+        connect: millis(
+            &format!("{prefix}timeouts.connect_ms"),
+            f.connect_ms,
+            base.connect,
+        )?,
+        idle: millis(&format!("{prefix}timeouts.idle_ms"), f.idle_ms, base.idle)?,
+        peek: millis(&format!("{prefix}timeouts.peek_ms"), f.peek_ms, base.peek)?,
     })
 }

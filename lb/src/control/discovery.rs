@@ -10,26 +10,30 @@ use std::sync::Arc;
 
 use crate::config::{BackendConfig, DiscoverSpec};
 use crate::shared::set::Origin;
-use crate::shared::Shared;
+use crate::shared::{Service, Shared};
 
 /// Runs the lookups on their own thread for the life of the process: the entries come from
 /// `shared.discover`, which a reload may change.
 pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new().name("lb-discovery".into()).spawn(move || {
         let cfg = &shared.config;
-        let mut failing: BTreeSet<String> = BTreeSet::new();
+        let mut failing: BTreeSet<(String, String)> = BTreeSet::new();
         loop {
-            let specs = shared.discover.load_full();
-            for spec in specs.iter() {
-                match resolve(&spec.host, spec.port, cfg.discovery.hosts_file.as_deref()) {
-                    Ok(addrs) => {
-                        failing.remove(&spec.name);
-                        apply(&shared, spec, &addrs);
-                    }
-                    Err(e) => {
-                        // Warn once per failure streak, not every interval.
-                        if failing.insert(spec.name.clone()) {
-                            tracing::warn!(name = %spec.host, error = %e, "discovery lookup failed; keeping the backends already known");
+            let routing = shared.routing.load_full();
+            for svc in &routing.services {
+                let specs = svc.discover.load_full();
+                for spec in specs.iter() {
+                    let key = (svc.name.clone(), spec.name.clone());
+                    match resolve(&spec.host, spec.port, cfg.discovery.hosts_file.as_deref()) {
+                        Ok(addrs) => {
+                            failing.remove(&key);
+                            apply(&shared, svc, spec, &addrs);
+                        }
+                        Err(e) => {
+                            // Warn once per failure streak, not every interval.
+                            if failing.insert(key) {
+                                tracing::warn!(service = %svc.name, name = %spec.host, error = %e, "discovery lookup failed; keeping the backends already known");
+                            }
                         }
                     }
                 }
@@ -77,16 +81,17 @@ pub fn resolve(
 /// Makes the set's `NAME@…` backends match `addrs`; unchanged sets publish nothing. An address
 /// that is lb's own (a name that resolves to lb itself) is skipped with a warning: a client sent
 /// there would loop through lb.
-fn apply(shared: &Shared, spec: &DiscoverSpec, addrs: &[SocketAddr]) {
+fn apply(shared: &Shared, svc: &Service, spec: &DiscoverSpec, addrs: &[SocketAddr]) {
+    let own = shared.own_addresses();
     let prefix = format!("{}@", spec.name);
     let wanted: Vec<BackendConfig> = addrs
         .iter()
         .filter(|a| {
-            let own = crate::config::backends::is_own_address(**a, &shared.own_addresses);
-            if own {
+            let is_own = crate::config::backends::is_own_address(**a, &own);
+            if is_own {
                 tracing::warn!(name = %spec.host, address = %a, "discovery: skipping an address that is lb's own");
             }
-            !own
+            !is_own
         })
         .map(|a| BackendConfig {
             name: format!("{}{}", prefix, a.ip()),
@@ -94,7 +99,7 @@ fn apply(shared: &Shared, spec: &DiscoverSpec, addrs: &[SocketAddr]) {
             weight: spec.weight,
         })
         .collect();
-    let set = &shared.set;
+    let set = &svc.set;
     let (mut added, mut removed) = (Vec::new(), Vec::new());
     let result = set.update(|v| {
         v.retain(|b| {
@@ -114,7 +119,7 @@ fn apply(shared: &Shared, spec: &DiscoverSpec, addrs: &[SocketAddr]) {
     });
     if let Ok(generation) = result {
         if !added.is_empty() || !removed.is_empty() {
-            tracing::info!(name = %spec.host, addresses = addrs.len(), added = ?added, removed = ?removed, generation, "discovery: backend set changed");
+            tracing::info!(service = %svc.name, name = %spec.host, addresses = addrs.len(), added = ?added, removed = ?removed, generation, "discovery: backend set changed");
         }
     }
 }

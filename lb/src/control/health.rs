@@ -12,48 +12,99 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::config::{HealthCheck, HealthConfig};
+use crate::config::HealthCheck;
 use crate::shared::set::Health;
-use crate::shared::Shared;
+use crate::shared::{Service, Shared};
 
-/// Runs until the process ends; returns at once when checks are off.
+/// Runs until the process ends. One check loop per (service, backend name, address); reconciled
+/// with the routing and each service's backend set every 100 ms, so that backends and services
+/// added or removed at run time are checked or forgotten. A service whose checks are off has no
+/// loops.
 pub async fn run(shared: Arc<Shared>) {
-    let cfg = shared.config.health.clone();
-    if cfg.check == HealthCheck::None {
-        tracing::info!("active health checks are off");
-        return;
-    }
-    tracing::info!(check = ?cfg.check, interval_ms = cfg.interval.as_millis() as u64, timeout_ms = cfg.timeout.as_millis() as u64,
-        rise = cfg.rise, fall = cfg.fall, "active health checks on");
-    // One check loop per (name, address); reconciled with the backend set every interval so that
-    // backends added or removed at run time are checked or forgotten.
-    let mut running: HashMap<(String, SocketAddr), Rc<Cell<bool>>> = HashMap::new();
+    type Key = (String, String, SocketAddr);
+    let mut running: HashMap<Key, Rc<Cell<bool>>> = HashMap::new();
+    let mut announced: HashMap<String, HealthCheck> = HashMap::new();
     loop {
-        let snap = shared.set.load();
-        let wanted: Vec<(String, SocketAddr)> = snap
-            .backends
-            .iter()
-            .map(|b| (b.name.clone(), b.address))
-            .collect();
+        let routing = shared.routing.load_full();
+        let mut wanted: Vec<(Key, Arc<Service>)> = Vec::new();
+        for svc in &routing.services {
+            let cfg = svc.config.load();
+            if announced.get(&svc.name) != Some(&cfg.health.check) {
+                let h = &cfg.health;
+                match h.check {
+                    HealthCheck::None => {
+                        tracing::info!(service = %svc.name, "active health checks are off")
+                    }
+                    _ => {
+                        tracing::info!(service = %svc.name, check = ?h.check, interval_ms = h.interval.as_millis() as u64,
+                        timeout_ms = h.timeout.as_millis() as u64, rise = h.rise, fall = h.fall, "active health checks on")
+                    }
+                }
+                announced.insert(svc.name.clone(), h.check.clone());
+            }
+            if cfg.health.check == HealthCheck::None {
+                continue;
+            }
+            for b in svc.set.load().backends.iter() {
+                wanted.push(((svc.name.clone(), b.name.clone(), b.address), svc.clone()));
+            }
+        }
         running.retain(|key, stop| {
-            let keep = wanted.contains(key);
+            let keep = wanted.iter().any(|(k, _)| k == key);
             if !keep {
                 stop.set(true);
             }
             keep
         });
-        for key in wanted {
+        for (key, svc) in wanted {
             if !running.contains_key(&key) {
                 let stop = Rc::new(Cell::new(false));
                 running.insert(key.clone(), stop.clone());
-                let (s, c) = (shared.clone(), cfg.clone());
-                lb_common::task::spawn_guarded(
-                    "health-check",
-                    check_loop(s, key.0, key.1, c, stop),
-                );
+                lb_common::task::spawn_guarded("health-check", check_loop(svc, key.1, key.2, stop));
             }
         }
-        monoio::time::sleep(cfg.interval).await;
+        monoio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Consecutive results of one backend's checks, and the transitions they make: `fall` failures
+/// in a row take an UP backend DOWN, `rise` passes in a row bring a DOWN one back. Pure: the
+/// results and the current state come in as arguments.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HealthState {
+    passes: u32,
+    fails: u32,
+}
+
+impl HealthState {
+    /// Records one check; returns the state to publish when it changes.
+    pub fn record(
+        &mut self,
+        passed: bool,
+        current: Health,
+        rise: u32,
+        fall: u32,
+    ) -> Option<Health> {
+        if passed {
+            self.passes = self.passes.saturating_add(1);
+            self.fails = 0;
+        } else {
+            self.fails = self.fails.saturating_add(1);
+            self.passes = 0;
+        }
+        match current {
+            Health::Up if self.fails >= fall => Some(Health::Down),
+            Health::Down if self.passes >= rise => Some(Health::Up),
+            _ => None,
+        }
+    }
+
+    pub fn passes(&self) -> u32 {
+        self.passes
+    }
+
+    pub fn fails(&self) -> u32 {
+        self.fails
     }
 }
 
@@ -84,16 +135,15 @@ fn connect_error(e: std::io::Error) -> ProbeError {
     }
 }
 
-async fn check_loop(
-    shared: Arc<Shared>,
-    name: String,
-    addr: SocketAddr,
-    cfg: HealthConfig,
-    stop: Rc<Cell<bool>>,
-) {
-    let (mut passes, mut fails) = (0u32, 0u32);
+async fn check_loop(service: Arc<Service>, name: String, addr: SocketAddr, stop: Rc<Cell<bool>>) {
+    let mut state = HealthState::default();
     let local_warning = lb_common::logging::RateLimited::default();
     while !stop.get() {
+        // The service's settings in force (a reload may change them).
+        let cfg = service.config.load().health.clone();
+        if cfg.check == HealthCheck::None {
+            return;
+        }
         let started = Instant::now();
         let result = monoio::time::timeout(cfg.timeout, probe(addr, &cfg.check))
             .await
@@ -109,7 +159,7 @@ async fn check_loop(
         let result = match result {
             Err(ProbeError::Local(why)) => {
                 local_warning.warn(|suppressed| {
-                    tracing::warn!(backend = ?name, reason = %why, suppressed, "health check skipped: lb is short of resources")
+                    tracing::warn!(service = %service.name, backend = ?name, reason = %why, suppressed, "health check skipped: lb is short of resources")
                 });
                 monoio::time::sleep(cfg.interval).await;
                 continue;
@@ -117,38 +167,33 @@ async fn check_loop(
             Err(ProbeError::Failed(why)) => Err(why),
             Ok(()) => Ok(()),
         };
-        match &result {
-            Ok(()) => {
-                passes += 1;
-                fails = 0;
-            }
-            Err(_) => {
-                fails += 1;
-                passes = 0;
-            }
-        }
-        let current = shared
+        let current = service
             .set
             .load()
             .backends
             .iter()
             .find(|b| b.name == name)
             .map(|b| b.health);
-        match (current, &result) {
-            (Some(Health::Up), Err(why)) if fails >= cfg.fall => {
-                if let Ok(g) = shared.set.set_health(&name, Health::Down) {
-                    tracing::warn!(backend = ?name, %addr, reason = %why, failed_checks = fails, generation = g, "backend DOWN: out of rotation");
+        if let Some(current) = current {
+            match (
+                state.record(result.is_ok(), current, cfg.rise, cfg.fall),
+                &result,
+            ) {
+                (Some(Health::Down), Err(why)) => {
+                    if let Ok(g) = service.set.set_health(&name, Health::Down) {
+                        tracing::warn!(service = %service.name, backend = ?name, %addr, reason = %why, failed_checks = state.fails(), generation = g, "backend DOWN: out of rotation");
+                    }
                 }
-            }
-            (Some(Health::Down), Ok(())) if passes >= cfg.rise => {
-                if let Ok(g) = shared.set.set_health(&name, Health::Up) {
-                    tracing::info!(backend = ?name, %addr, passed_checks = passes, generation = g, "backend UP: back in rotation");
+                (Some(Health::Up), _) => {
+                    if let Ok(g) = service.set.set_health(&name, Health::Up) {
+                        tracing::info!(service = %service.name, backend = ?name, %addr, passed_checks = state.passes(), generation = g, "backend UP: back in rotation");
+                    }
                 }
+                (_, Err(why)) => {
+                    tracing::debug!(service = %service.name, backend = ?name, reason = %why, fails = state.fails(), "health check failed")
+                }
+                _ => {}
             }
-            (Some(_), Err(why)) => {
-                tracing::debug!(backend = ?name, reason = %why, fails, "health check failed")
-            }
-            _ => {}
         }
         let spent = started.elapsed();
         monoio::time::sleep(
@@ -218,6 +263,37 @@ async fn http_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fall_failures_in_a_row_take_a_backend_down_and_rise_passes_bring_it_back() {
+        let mut s = HealthState::default();
+        let (rise, fall) = (2, 3);
+        assert_eq!(s.record(false, Health::Up, rise, fall), None);
+        assert_eq!(s.record(false, Health::Up, rise, fall), None);
+        assert_eq!(
+            s.record(true, Health::Up, rise, fall),
+            None,
+            "a pass resets the streak"
+        );
+        assert_eq!(s.record(false, Health::Up, rise, fall), None);
+        assert_eq!(s.record(false, Health::Up, rise, fall), None);
+        assert_eq!(s.record(false, Health::Up, rise, fall), Some(Health::Down));
+        assert_eq!(s.record(true, Health::Down, rise, fall), None);
+        assert_eq!(
+            s.record(false, Health::Down, rise, fall),
+            None,
+            "a failure resets the passes"
+        );
+        assert_eq!(s.record(true, Health::Down, rise, fall), None);
+        assert_eq!(s.record(true, Health::Down, rise, fall), Some(Health::Up));
+        assert_eq!(
+            s.record(true, Health::Up, rise, fall),
+            None,
+            "no change, nothing to publish"
+        );
+        let mut one = HealthState::default();
+        assert_eq!(one.record(false, Health::Up, 1, 1), Some(Health::Down));
+    }
 
     #[test]
     fn a_shortage_of_lbs_own_is_no_failed_check() {

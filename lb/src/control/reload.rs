@@ -1,17 +1,24 @@
-//! Reload on SIGHUP: re-read the config file and apply what can change without a restart.
+//! Reload on SIGHUP: re-read the config file and apply what can change without a restart:
+//! services and listeners come and go (the others' open connections untouched), a service's
+//! backends, algorithm and settings change, a listener's routes and PROXY settings change.
 //!
 //! The file is the base; the admin API's changes (backends it added, weights it set, drains) and
 //! the addresses discovered for `discover = true` entries still in the file stay on top of it
 //! and are logged as kept. A file that would need local replicas lb did not start is refused.
+//! Everything that can fail (binding a new listener) happens before anything is changed.
+
+use std::net::TcpListener as StdListener;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use crate::config::backends::is_own_address;
 use crate::config::{Config, FileConfig, Overrides};
 use crate::shared::set::Override;
-use crate::shared::Shared;
+use crate::shared::{Listener, Routing, Service, Shared};
 
 /// Re-reads `shared.config.source` with the same environment and command-line overrides and
-/// applies the new backend list. Returns the generation in force, or why nothing changed.
-/// An invalid file leaves the running configuration untouched.
+/// applies it. Returns the routing generation in force, or why nothing changed. An invalid file
+/// leaves the running configuration untouched.
 pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
     let Some(path) = shared.config.source.clone() else {
         return Err("lb was started without --config: there is no file to re-read".into());
@@ -29,56 +36,134 @@ pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
             "the file changes lb's local replicas, which only a restart can do".to_string()
         });
     }
-    if let Some(b) = next
-        .backends
+    let cur = shared.routing.load_full();
+
+    // Listeners: kept by name while their address stays; the new ones bound now.
+    let mut listeners: Vec<Arc<Listener>> = Vec::new();
+    let mut fresh: Vec<(Arc<Listener>, Vec<StdListener>)> = Vec::new();
+    for l in &next.listeners {
+        match cur.listener(&l.name) {
+            Some(o) if o.config.load().address == l.address => {
+                o.config.store(Arc::new(l.clone()));
+                listeners.push(o.clone());
+            }
+            _ => {
+                let socks =
+                    lb_common::net::ListenerGroup::bind(l.address, old.cores, old.relay.backlog)
+                        .map_err(|e| format!("listener '{}': {e}", l.name))?
+                        .into_listeners();
+                let bound = socks[0].local_addr().map_err(|e| e.to_string())?;
+                let n = Arc::new(Listener::new(
+                    l.clone(),
+                    bound,
+                    socks.iter().map(|s| s.as_raw_fd()).collect(),
+                    old.cores,
+                ));
+                listeners.push(n.clone());
+                fresh.push((n, socks));
+            }
+        }
+    }
+    let own: Vec<_> = listeners
         .iter()
-        .find(|b| is_own_address(b.address, &shared.own_addresses))
-    {
-        return Err(format!(
-            "backend '{}' at {} is lb's own listen or admin address",
-            b.name, b.address
-        ));
+        .map(|l| l.address)
+        .chain(shared.admin_address)
+        .collect();
+    for s in &next.services {
+        if let Some(b) = s.backends.iter().find(|b| is_own_address(b.address, &own)) {
+            return Err(format!(
+                "service '{}': backend '{}' at {} is lb's own listen or admin address",
+                s.name, b.name, b.address
+            ));
+        }
     }
     let mut restart_only = Vec::new();
-    if next.listen != old.listen {
-        restart_only.push("listen");
-    }
     if next.cores != old.cores {
         restart_only.push("cores");
-    }
-    if next.algorithm != old.algorithm {
-        restart_only.push("algorithm");
     }
     if next.admin != old.admin {
         restart_only.push("admin");
     }
+    if next.relay != old.relay {
+        restart_only.push("relay");
+    }
+    if next.pool != old.pool {
+        restart_only.push("pool");
+    }
     if !restart_only.is_empty() {
         tracing::warn!(keys = %restart_only.join(", "), "these keys changed but only take effect after a restart or upgrade");
     }
-    let specs: Vec<String> = next.discover.iter().map(|d| d.name.clone()).collect();
-    let generation = shared
-        .set
-        .replace(&next.backends, &specs)
-        .map_err(|e| e.to_string())?;
-    shared
-        .discover
-        .store(std::sync::Arc::new(next.discover.clone()));
-    for o in shared.set.overrides() {
+
+    // Services: kept by name (their backends, counters and each core's view of them survive),
+    // with the new settings and backends; the new ones start fresh.
+    let mut services: Vec<Arc<Service>> = Vec::new();
+    for s in &next.services {
+        match cur.service(&s.name) {
+            Some(o) => {
+                let specs: Vec<String> = s.discover.iter().map(|d| d.name.clone()).collect();
+                if let Err(e) = o.set.reconfigure(s.algorithm, s.hash) {
+                    tracing::error!(service = %s.name, error = %e, "the service keeps its algorithm");
+                }
+                if let Err(e) = o.set.replace(&s.backends, &specs) {
+                    tracing::error!(service = %s.name, error = %e, "the service keeps its backends");
+                }
+                o.discover.store(Arc::new(s.discover.clone()));
+                o.config.store(Arc::new(s.clone()));
+                log_overrides(o);
+                services.push(o.clone());
+            }
+            None => {
+                tracing::info!(service = %s.name, backends = s.backends.len(), "reload: service added");
+                services.push(Arc::new(Service::new(s.clone(), old.cores)));
+            }
+        }
+    }
+    for o in &cur.services {
+        if !services.iter().any(|s| s.name == o.name) {
+            tracing::info!(service = %o.name, "reload: service removed (its open connections finish)");
+        }
+    }
+    for o in &cur.listeners {
+        if !listeners.iter().any(|l| Arc::ptr_eq(l, o)) {
+            tracing::info!(listener = %o.name, address = %o.address, "reload: listener removed (its open connections finish)");
+            o.close();
+        }
+    }
+    let generation = cur.generation + 1;
+    shared.routing.store(Arc::new(Routing {
+        generation,
+        services,
+        listeners,
+    }));
+    // The workers pick the new listeners up from their inboxes (socket i to core i mod cores).
+    for (l, socks) in fresh {
+        tracing::info!(listener = %l.name, address = %l.address, "reload: listener added");
+        for (i, s) in socks.into_iter().enumerate() {
+            shared.inbox[i % old.cores]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((l.clone(), s));
+        }
+    }
+    Ok(generation)
+}
+
+fn log_overrides(svc: &Service) {
+    for o in svc.set.overrides() {
         match o {
             Override::Added { backend } => {
-                tracing::info!(backend = ?backend, "reload kept a backend added through the admin API (DELETE /lb/backends/NAME removes it)")
+                tracing::info!(service = %svc.name, backend = ?backend, "reload kept a backend added through the admin API (DELETE .../backends/NAME removes it)")
             }
             Override::Weight {
                 backend,
                 weight,
                 file,
             } => {
-                tracing::info!(backend = ?backend, weight, file_weight = file, "reload kept a weight set through the admin API (DELETE /lb/backends/NAME/weight restores the file's)")
+                tracing::info!(service = %svc.name, backend = ?backend, weight, file_weight = file, "reload kept a weight set through the admin API (DELETE .../backends/NAME/weight restores the file's)")
             }
             Override::Drained { backend } => {
-                tracing::info!(backend = ?backend, "reload kept a drain set through the admin API (POST /lb/backends/NAME/undrain ends it)")
+                tracing::info!(service = %svc.name, backend = ?backend, "reload kept a drain set through the admin API (POST .../backends/NAME/undrain ends it)")
             }
         }
     }
-    Ok(generation)
 }

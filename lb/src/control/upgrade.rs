@@ -4,9 +4,11 @@
 //! closing an `SO_REUSEPORT` socket instead would reset its queue.
 //!
 //! Protocol on the upgrade socket, one line each way:
-//! new -> old `TAKEOVER`; old -> new `FDS <listeners> <admin 0|1>` with the descriptors attached;
-//! new -> old `DRAIN` once its workers accept; old stops accepting, closes the upgrade socket and
-//! lets its open connections finish.
+//! new -> old `TAKEOVER`; old -> new `FDS <admin 0|1> <listener>=<sockets> ...` with the
+//! descriptors attached (each listener's sockets in order, then the admin socket); new -> old
+//! `DRAIN` once its workers accept; old stops accepting, closes the upgrade socket and lets its
+//! open connections finish. Listeners are matched by name: the new process binds those it does
+//! not get, and leaves those the old one has but it does not configure.
 //!
 //! The socket hands over listening sockets, so it is guarded (DESIGN.md, Trust boundaries): by
 //! default it lives in a directory only lb's user can write (`$XDG_RUNTIME_DIR/lb/`, `/run/lb/`
@@ -204,13 +206,21 @@ fn hand_over(conn: UnixStream, shared: &Shared, admin_fd: Option<RawFd>) -> io::
             format!("unexpected request {line:?}"),
         ));
     }
-    let mut fds = shared.listener_fds.clone();
+    let routing = shared.routing.load();
+    let mut fds: Vec<RawFd> = Vec::new();
+    let mut header = format!("FDS {}", admin_fd.is_some() as u8);
+    for l in &routing.listeners {
+        header.push_str(&format!(" {}={}", l.name, l.fds.len()));
+        fds.extend(&l.fds);
+    }
+    header.push('\n');
     fds.extend(admin_fd);
-    let header = format!(
-        "FDS {} {}\n",
-        shared.listener_fds.len(),
-        admin_fd.is_some() as u8
-    );
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::other(format!(
+            "{} descriptors to hand over, more than the {MAX_FDS} one message carries",
+            fds.len()
+        )));
+    }
     send_fds(&conn, header.as_bytes(), &fds)?;
     line.clear();
     reader.read_line(&mut line)?;
@@ -225,7 +235,8 @@ fn hand_over(conn: UnixStream, shared: &Shared, admin_fd: Option<RawFd>) -> io::
 
 /// New side: what the old process handed over, and the connection to confirm on.
 pub struct Takeover {
-    pub listeners: Vec<StdListener>,
+    /// Each listener's name and sockets.
+    pub listeners: Vec<(String, Vec<StdListener>)>,
     pub admin: Option<StdListener>,
     conn: UnixStream,
 }
@@ -267,36 +278,50 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     (&conn).write_all(b"TAKEOVER\n")?;
     let (header, fds) = recv_fds(&conn)?;
-    let header = String::from_utf8_lossy(&header);
-    let mut parts = header.split_whitespace();
-    let (Some("FDS"), Some(n), Some(admin)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(io::Error::new(
+    let header = String::from_utf8_lossy(&header).to_string();
+    let bad = |why: &str| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("bad takeover answer {header:?}"),
-        ));
+            format!("bad takeover answer {header:?}: {why}"),
+        )
     };
-    let n: usize = n
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad count"))?;
-    let admin = admin == "1";
-    if fds.len() != n + admin as usize || n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "expected {} descriptors, got {}",
-                n + admin as usize,
-                fds.len()
-            ),
-        ));
+    let mut parts = header.split_whitespace();
+    if parts.next() != Some("FDS") {
+        return Err(bad("not FDS"));
+    }
+    let admin = match parts.next() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => return Err(bad("no admin flag")),
+    };
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for p in parts {
+        let (name, n) = p.split_once('=').ok_or_else(|| bad("not name=count"))?;
+        let n: usize = n.parse().map_err(|_| bad("bad count"))?;
+        groups.push((name.to_string(), n));
+    }
+    let want: usize = groups.iter().map(|g| g.1).sum::<usize>() + admin as usize;
+    if fds.len() != want || groups.is_empty() {
+        // SAFETY: close what we received and will not use.
+        fds.iter().for_each(|&fd| unsafe {
+            libc::close(fd);
+        });
+        return Err(bad(&format!(
+            "expected {want} descriptors, got {}",
+            fds.len()
+        )));
     }
     // SAFETY: each fd was just received with SCM_RIGHTS and is owned by nobody else here.
-    let mut all: Vec<StdListener> = fds
+    let mut all = fds
         .into_iter()
-        .map(|fd| unsafe { StdListener::from_raw_fd(fd) })
+        .map(|fd| unsafe { StdListener::from_raw_fd(fd) });
+    let listeners = groups
+        .into_iter()
+        .map(|(name, n)| (name, all.by_ref().take(n).collect()))
         .collect();
-    let admin = if admin { all.pop() } else { None };
+    let admin = if admin { all.next() } else { None };
     Ok(Takeover {
-        listeners: all,
+        listeners,
         admin,
         conn,
     })

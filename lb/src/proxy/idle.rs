@@ -26,6 +26,8 @@ pub enum Cut {
 
 struct Entry {
     last: Instant,
+    /// This connection's idle timeout (services may differ).
+    timeout: Duration,
     cut: Option<Cut>,
     waker: Option<Waker>,
     /// Bytes relayed so far, to the backend and to the client: known however the relay ends.
@@ -35,24 +37,29 @@ struct Entry {
 
 /// One per core.
 pub struct IdleTimer {
-    idle: Duration,
+    /// The shortest timeout registered so far: the sweeper looks often enough for it.
+    shortest: Cell<Duration>,
     entries: RefCell<Slab<Entry>>,
     sweeping: Cell<bool>,
 }
 
 impl IdleTimer {
-    pub fn new(idle: Duration) -> Rc<IdleTimer> {
+    pub fn new() -> Rc<IdleTimer> {
         Rc::new(IdleTimer {
-            idle,
+            shortest: Cell::new(Duration::MAX),
             entries: RefCell::new(Slab::new()),
             sweeping: Cell::new(false),
         })
     }
 
-    /// Registers a connection; it is idle from now on until touched. Starts the sweeper on first
-    /// use (it must run inside the runtime).
-    pub fn register(self: &Rc<Self>) -> IdleGuard {
+    /// Registers a connection that is closed after `timeout` without a byte; it is idle from now
+    /// on until touched. Starts the sweeper on first use (it must run inside the runtime).
+    pub fn register(self: &Rc<Self>, timeout: Duration) -> IdleGuard {
+        if timeout < self.shortest.get() {
+            self.shortest.set(timeout);
+        }
         let key = self.entries.borrow_mut().insert(Entry {
+            timeout,
             last: Instant::now(),
             cut: None,
             waker: None,
@@ -85,7 +92,7 @@ impl IdleTimer {
 
     /// How often the sweeper looks: a timeout fires at most this much late.
     fn tick(&self) -> Duration {
-        (self.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+        (self.shortest.get() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
 
@@ -95,7 +102,7 @@ async fn sweep(timer: Rc<IdleTimer>) {
         let now = Instant::now();
         let mut due = Vec::new();
         for (_, e) in timer.entries.borrow_mut().iter_mut() {
-            if e.cut.is_none() && now.duration_since(e.last) >= timer.idle {
+            if e.cut.is_none() && now.duration_since(e.last) >= e.timeout {
                 e.cut = Some(Cut::Idle);
                 due.extend(e.waker.take());
             }
@@ -210,9 +217,9 @@ mod tests {
     #[test]
     fn an_untouched_connection_expires_and_a_touched_one_does_not() {
         let (idle_fired, busy_fired) = lb_common::runtime::block_on(|| async {
-            let timer = IdleTimer::new(Duration::from_millis(100));
-            let idle = timer.register();
-            let busy = timer.register();
+            let timer = IdleTimer::new();
+            let idle = timer.register(Duration::from_millis(100));
+            let busy = timer.register(Duration::from_millis(100));
             let busy_fired = Rc::new(Cell::new(false));
             let bf = busy_fired.clone();
             let start = Instant::now();
@@ -246,8 +253,11 @@ mod tests {
     #[test]
     fn cut_all_ends_every_connection_at_once_and_bytes_are_kept_per_connection() {
         lb_common::runtime::block_on(|| async {
-            let timer = IdleTimer::new(Duration::from_secs(60));
-            let (a, b) = (timer.register(), timer.register());
+            let timer = IdleTimer::new();
+            let (a, b) = (
+                timer.register(Duration::from_secs(60)),
+                timer.register(Duration::from_secs(60)),
+            );
             a.moved(true, 10);
             a.moved(false, 7);
             b.moved(false, 1);
@@ -262,8 +272,8 @@ mod tests {
     #[test]
     fn dropping_a_guard_unregisters_it() {
         lb_common::runtime::block_on(|| async {
-            let timer = IdleTimer::new(Duration::from_secs(60));
-            let a = timer.register();
+            let timer = IdleTimer::new();
+            let a = timer.register(Duration::from_secs(60));
             drop(a);
             assert_eq!(timer.entries.borrow().len(), 0);
         });

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -47,8 +46,6 @@ impl RelayError {
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOpts {
     pub max_buffer: usize,
-    /// No bytes in either direction for this long ends the connection.
-    pub idle_timeout: Duration,
 }
 
 /// Bytes moved in each direction.
@@ -123,6 +120,8 @@ async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
     #[test]
     fn the_relay_future_of_an_idle_connection_stays_small() {
         // Every open connection holds this future: it was 1,808 bytes while `relay` and
@@ -132,12 +131,9 @@ mod tests {
             let a = l.local_addr().unwrap();
             let client = TcpStream::connect(a).await.unwrap();
             let backend = TcpStream::connect(a).await.unwrap();
-            let timer = super::super::idle::IdleTimer::new(Duration::from_secs(5));
-            let idle = timer.register();
-            let opts = RelayOpts {
-                max_buffer: 65536,
-                idle_timeout: Duration::from_secs(5),
-            };
+            let timer = super::super::idle::IdleTimer::new();
+            let idle = timer.register(Duration::from_secs(5));
+            let opts = RelayOpts { max_buffer: 65536 };
             let fut = relay(client, backend, opts, &idle);
             let size = std::mem::size_of_val(&fut);
             drop(fut);

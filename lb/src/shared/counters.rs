@@ -307,3 +307,51 @@ impl CoreCounters {
             .sum()
     }
 }
+
+/// `N` counters per core, each core writing only its own padded slot (one writer per slot, as
+/// above) and readers summing them.
+pub struct PerCore<const N: usize> {
+    slots: Box<[PaddedSlot<N>]>,
+}
+
+#[repr(align(64))]
+struct PaddedSlot<const N: usize>([AtomicU64; N]);
+
+impl<const N: usize> PerCore<N> {
+    pub fn new(cores: usize) -> PerCore<N> {
+        PerCore {
+            slots: (0..cores.max(1))
+                .map(|_| PaddedSlot(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    /// Core `core` only.
+    pub fn add(&self, core: usize, counter: usize, by: u64) {
+        bump(&self.slots[core].0[counter], by);
+    }
+
+    /// Core `core` only; never below zero.
+    pub fn sub(&self, core: usize, counter: usize, by: u64) {
+        let a = &self.slots[core].0[counter];
+        a.store(
+            a.load(Ordering::Relaxed).saturating_sub(by),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn get(&self, core: usize, counter: usize) -> u64 {
+        self.slots[core].0[counter].load(Ordering::Relaxed)
+    }
+
+    pub fn sum(&self, counter: usize) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.0[counter].load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn cores(&self) -> usize {
+        self.slots.len()
+    }
+}

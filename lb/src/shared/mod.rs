@@ -5,17 +5,20 @@
 pub mod counters;
 pub mod exit;
 pub mod fds;
+pub mod routing;
 pub mod set;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ListenerConfig};
 use counters::CoreCounters;
-use set::BackendSet;
+pub use routing::{Listener, Routing, Service};
 
 /// Running, or stopping with a deadline.
 pub struct Lifecycle {
@@ -61,59 +64,82 @@ impl Default for Lifecycle {
     }
 }
 
+/// A listener a reload added, and one of its sockets for a core.
+pub type NewListener = (Arc<Listener>, StdListener);
+
 /// Everything the workers and the control plane share.
 pub struct Shared {
+    /// The configuration lb started with: its process-wide sections (cores, relay, pool,
+    /// admin, shutdown, replicas, discovery). Listeners and services in force are in `routing`.
     pub config: Config,
-    pub set: Arc<BackendSet>,
+    pub routing: ArcSwap<Routing>,
+    /// Listeners a reload added, waiting for each core's worker to accept on its socket.
+    pub inbox: Vec<Mutex<Vec<NewListener>>>,
     pub cores: CoreCounters,
     pub lifecycle: Lifecycle,
-    /// The address clients connect to (resolved when the config said port 0).
-    pub listen: SocketAddr,
-    /// lb's own listen and admin addresses, as bound: a backend at one of them would be lb.
-    pub own_addresses: Vec<SocketAddr>,
-    /// Raw fds of the client listeners, for a binary upgrade to take over.
-    pub listener_fds: Vec<RawFd>,
+    /// The admin API's address as bound.
+    pub admin_address: Option<SocketAddr>,
     /// Accept loops running (a new process confirms a takeover once all of them are).
     pub ready: AtomicUsize,
     /// How many client connections the descriptor limit leaves room for.
     pub fds: fds::FdBudget,
-    /// The `discover = true` entries in force (a reload may change them).
-    pub discover: arc_swap::ArcSwap<Vec<crate::config::DiscoverSpec>>,
 }
 
 impl Shared {
-    /// The shared state for a process serving `config` on listeners bound to `listen`, with its
-    /// admin API on `admin` (when it has one).
+    /// The shared state for a process serving `config` on `listeners` (bound, with their
+    /// sockets' fds, one per core), with its admin API on `admin` (when it has one).
     pub fn new(
         config: Config,
-        listen: SocketAddr,
+        listeners: Vec<(ListenerConfig, SocketAddr, Vec<RawFd>)>,
         admin: Option<SocketAddr>,
-        listener_fds: Vec<RawFd>,
     ) -> Arc<Shared> {
-        let set = Arc::new(BackendSet::new(
-            &config.backends,
-            config.cores,
-            config.algorithm,
-            config.hash,
-        ));
+        let cores = config.cores;
+        let services: Vec<Arc<Service>> = config
+            .services
+            .iter()
+            .map(|s| Arc::new(Service::new(s.clone(), cores)))
+            .collect();
+        let listeners = listeners
+            .into_iter()
+            .map(|(c, addr, fds)| Arc::new(Listener::new(c, addr, fds, cores)))
+            .collect();
         // Kept free for everything but client connections: the admin API at its cap, one health
         // check per backend, the pools, and the runtime's own descriptors.
+        let backends = config.backend_count();
         let reserve = config.admin.max_connections
-            + config.backends.len()
-            + config.pool.idle_per_backend * config.backends.len() * config.cores
-            + 8 * config.cores
+            + backends
+            + config.pool.idle_per_backend * backends * cores
+            + 8 * cores
             + 32;
         Arc::new(Shared {
             fds: fds::FdBudget::new(reserve as u64),
-            discover: arc_swap::ArcSwap::from_pointee(config.discover.clone()),
-            cores: CoreCounters::new(config.cores),
+            routing: ArcSwap::from_pointee(Routing {
+                generation: 1,
+                services,
+                listeners,
+            }),
+            inbox: (0..cores).map(|_| Mutex::new(Vec::new())).collect(),
+            cores: CoreCounters::new(cores),
             lifecycle: Lifecycle::new(),
-            listener_fds,
             ready: AtomicUsize::new(0),
-            listen,
-            own_addresses: std::iter::once(listen).chain(admin).collect(),
-            set,
+            admin_address: admin,
             config,
         })
+    }
+
+    /// lb's own listen and admin addresses, as bound: a backend at one of them would be lb.
+    pub fn own_addresses(&self) -> Vec<SocketAddr> {
+        self.routing
+            .load()
+            .listeners
+            .iter()
+            .map(|l| l.address)
+            .chain(self.admin_address)
+            .collect()
+    }
+
+    /// The service today's single-service routes and tools act on.
+    pub fn default_service(&self) -> Option<Arc<Service>> {
+        self.routing.load().default_service().cloned()
     }
 }

@@ -119,9 +119,8 @@ pub struct BackendSet {
     /// Serialises writers (control plane only; the data path never takes it).
     write: Mutex<()>,
     cores: usize,
-    /// Which table each snapshot carries.
-    algorithm: Algorithm,
-    hash: HashConfig,
+    /// Which table each snapshot carries (a reload may change it).
+    tables: Mutex<(Algorithm, HashConfig)>,
 }
 
 /// The names and weights a table is built from.
@@ -168,8 +167,7 @@ impl BackendSet {
             }),
             write: Mutex::new(()),
             cores,
-            algorithm,
-            hash,
+            tables: Mutex::new((algorithm, hash)),
         }
     }
 
@@ -203,13 +201,35 @@ impl BackendSet {
         let table = if same_specs {
             cur.table.clone()
         } else {
-            Table::build(self.algorithm, &specs(&next), &self.hash)
+            let (algorithm, hash) = *self.tables.lock().unwrap_or_else(|p| p.into_inner());
+            Table::build(algorithm, &specs(&next), &hash)
                 .map_err(|e| SetError::Invalid(e.to_string()))?
         };
         let generation = cur.generation + 1;
         self.current.store(Arc::new(Snapshot {
             generation,
             backends: next,
+            table,
+        }));
+        Ok(generation)
+    }
+
+    /// Switches the table the snapshots carry to `algorithm` with `hash` (a reload changed the
+    /// service's algorithm): publishes a snapshot with the new table when anything changed.
+    pub fn reconfigure(&self, algorithm: Algorithm, hash: HashConfig) -> Result<u64, SetError> {
+        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current.load_full();
+        if *t == (algorithm, hash) {
+            return Ok(cur.generation);
+        }
+        let table = Table::build(algorithm, &specs(&cur.backends), &hash)
+            .map_err(|e| SetError::Invalid(e.to_string()))?;
+        *t = (algorithm, hash);
+        let generation = cur.generation + 1;
+        self.current.store(Arc::new(Snapshot {
+            generation,
+            backends: cur.backends.clone(),
             table,
         }));
         Ok(generation)

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_common::logging::RateLimited;
@@ -14,6 +15,8 @@ use monoio::net::TcpStream;
 
 use super::connection::handle;
 use super::Core;
+use crate::shared::routing::listener_counter;
+use crate::shared::Listener;
 
 /// How often a loop paused for descriptors looks again: resumes within this of a close.
 const FD_PAUSE: Duration = Duration::from_millis(2);
@@ -40,10 +43,10 @@ fn next_accept_batch(batch: usize, emptied: bool) -> usize {
 /// Waits for readiness (cancellable at no cost) and accepts with non-blocking `accept4`, so that
 /// a stop never cancels an accept that already took a connection: during a binary upgrade the
 /// old and the new process share these sockets, and a lost connection would be a reset.
-pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>) {
-    let fd = listener.as_raw_fd();
-    let _ = listener.set_nonblocking(true);
-    let listener = match monoio::net::TcpListener::from_std(listener) {
+pub(super) async fn accept_loop(socket: std::net::TcpListener, lst: Arc<Listener>, core: Rc<Core>) {
+    let fd = socket.as_raw_fd();
+    let _ = socket.set_nonblocking(true);
+    let listener = match monoio::net::TcpListener::from_std(socket) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(worker = core.index, error = %e, "cannot register listener with the runtime");
@@ -54,7 +57,7 @@ pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>)
     let lifecycle = &core.shared.lifecycle;
     let warn = RateLimited::default();
     let mut batch = ACCEPT_BATCH;
-    while !lifecycle.stopping() {
+    while !lifecycle.stopping() && !lst.is_closed() {
         // No descriptors for another client and its backend: leave the clients in the
         // kernel's queue until some connections close, rather than accept and drop them.
         let fds = &core.shared.fds;
@@ -83,9 +86,12 @@ pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>)
                 Ok((stream, peer)) => match TcpStream::from_std(stream) {
                     Ok(stream) => {
                         core.shared.cores.accepted(core.index);
-                        let c = core.clone();
+                        lst.counters.add(core.index, listener_counter::ACCEPTED, 1);
+                        lst.counters.add(core.index, listener_counter::ACTIVE, 1);
+                        let (c, l) = (core.clone(), lst.clone());
                         spawn_guarded("connection", async move {
-                            handle(stream, peer, &c).await;
+                            handle(stream, peer, &l, &c).await;
+                            l.counters.sub(c.index, listener_counter::ACTIVE, 1);
                             c.shared.cores.finished(c.index);
                         });
                     }
@@ -111,7 +117,7 @@ pub(super) async fn accept_loop(listener: std::net::TcpListener, core: Rc<Core>)
     }
     // Dropping the listener here closes only this process's descriptor: after a takeover the
     // new process still holds the socket and its queue.
-    tracing::debug!(worker = core.index, "accept loop stopped");
+    tracing::debug!(worker = core.index, listener = %lst.name, "accept loop stopped");
 }
 
 fn accept(fd: RawFd) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {

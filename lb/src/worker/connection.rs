@@ -14,22 +14,47 @@ use crate::proxy::readiness;
 use crate::proxy::tcp;
 
 use super::Core;
+use crate::shared::routing::{listener_counter, service_counter};
+use crate::shared::Listener;
 
-pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core) {
+pub(super) async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    core: &Core,
+) {
     let _ = client.set_nodelay(true);
-    let cfg = &core.shared.config;
+    let lcfg = listener.config.load();
+    let Some(name) = lcfg.route.service_for(None) else {
+        listener
+            .counters
+            .add(core.index, listener_counter::REFUSED, 1);
+        tracing::debug!(%peer, listener = %listener.name, "no service for this client; closing it");
+        return;
+    };
+    let Some(svc) = core.service(name) else {
+        listener
+            .counters
+            .add(core.index, listener_counter::REFUSED, 1);
+        tracing::debug!(%peer, listener = %listener.name, service = name, "the listener's service is gone; closing the client");
+        return;
+    };
+    drop(lcfg);
+    let cfg = svc.service.config.load_full();
+    let relay_cfg = &core.shared.config.relay;
     let mut replay = None;
     let key = if !cfg.algorithm.needs_key() {
         None
     } else {
         match &cfg.key {
+            KeySource::Sni => None,
             KeySource::ClientIp => Some(key_from_ip(&cfg.hash, peer.ip())),
             // Boxed, like the connect below: short-lived states kept out of the connection's
             // long-lived future, which every idle connection pays for.
             KeySource::Head(source) => match Box::pin(peek_key(
                 &mut client,
                 source,
-                cfg.relay.max_head,
+                relay_cfg.max_head,
                 cfg.timeouts.peek,
                 &core.peeks,
             ))
@@ -50,10 +75,13 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
             },
         }
     };
-    let (mut backend, active) = match Box::pin(core.upstream.connect(key)).await {
+    let (mut backend, active) = match Box::pin(svc.upstream.connect(key)).await {
         Ok(x) => x,
         Err(e) => {
             core.shared.cores.no_backend(core.index);
+            svc.service
+                .counters
+                .add(core.index, service_counter::NO_BACKEND, 1);
             tracing::debug!(%peer, error = %e, "no backend for client; closing it");
             return;
         }
@@ -72,8 +100,8 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
         }
         replayed = len;
     }
-    let idle = core.idle.register();
-    let result = match cfg.relay.mode {
+    let idle = core.idle.register(cfg.timeouts.idle);
+    let result = match relay_cfg.mode {
         // Boxed: each mode's future is allocated at its own size instead of the connection
         // carrying the larger of the two.
         RelayMode::Readiness => {

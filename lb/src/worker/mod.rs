@@ -7,6 +7,7 @@ mod connection;
 pub mod pool;
 pub mod upstream;
 
+use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -19,26 +20,35 @@ use crate::proxy::budget::PeekBudget;
 use crate::proxy::idle::IdleTimer;
 use crate::proxy::readiness::Scratch;
 use crate::proxy::tcp::RelayOpts;
-use crate::shared::Shared;
+use crate::shared::{Listener, Service, Shared};
 use upstream::CoreUpstream;
 
-/// Runs the workers on `listeners` until a graceful stop has finished.
-pub fn run(shared: Arc<Shared>, listeners: Vec<StdListener>) -> anyhow::Result<()> {
+/// Runs the workers until a graceful stop has finished. `sockets` holds, for each listener in
+/// the routing, its per-core sockets (socket i goes to worker i mod cores).
+pub fn run(
+    shared: Arc<Shared>,
+    sockets: Vec<(Arc<Listener>, Vec<StdListener>)>,
+) -> anyhow::Result<()> {
     let config = &shared.config;
+    let routing = shared.routing.load();
     tracing::info!(
-        listen = %shared.listen,
+        listeners = %routing.listeners.iter().map(|l| format!("{}({})", l.name, l.address)).collect::<Vec<_>>().join(", "),
+        services = %routing.services.iter().map(|s| {
+            let c = s.config.load();
+            format!("{}[{}: {}]", s.name, c.algorithm.name(), c.backends.iter().map(|b| format!("{}({}, w={})", b.name, b.address, b.weight)).collect::<Vec<_>>().join(", "))
+        }).collect::<Vec<_>>().join(", "),
         cores = config.cores,
         pin = config.pin,
-        algorithm = config.algorithm.name(),
-        backends = %config.backends.iter().map(|b| format!("{}({}, w={})", b.name, b.address, b.weight)).collect::<Vec<_>>().join(", "),
         "lb starting"
     );
     let mut opts = WorkerOpts::new("lb-worker", config.cores);
     opts.pin = config.pin;
-    // Listener i goes to worker i mod cores (a takeover may bring more listeners than cores).
-    let mut per_worker: Vec<Vec<StdListener>> = (0..config.cores).map(|_| Vec::new()).collect();
-    for (i, l) in listeners.into_iter().enumerate() {
-        per_worker[i % config.cores].push(l);
+    let mut per_worker: Vec<Vec<(Arc<Listener>, StdListener)>> =
+        (0..config.cores).map(|_| Vec::new()).collect();
+    for (listener, socks) in sockets {
+        for (i, s) in socks.into_iter().enumerate() {
+            per_worker[i % config.cores].push((listener.clone(), s));
+        }
     }
     // Startup-only hand-over; the data path takes no lock.
     let per_worker = Mutex::new(per_worker);
@@ -49,50 +59,138 @@ pub fn run(shared: Arc<Shared>, listeners: Vec<StdListener>) -> anyhow::Result<(
     Ok(())
 }
 
+/// This core's view of one service.
+pub(crate) struct CoreService {
+    pub service: Arc<Service>,
+    pub upstream: CoreUpstream,
+}
+
+/// This core's services, for one routing generation.
+struct CoreServices {
+    generation: u64,
+    list: Vec<Rc<CoreService>>,
+}
+
 /// What every task of one core shares.
 struct Core {
     index: usize,
     shared: Arc<Shared>,
-    upstream: CoreUpstream,
+    services: RefCell<CoreServices>,
     relay: RelayOpts,
     scratch: Scratch,
     idle: Rc<IdleTimer>,
     peeks: PeekBudget,
+    /// Accept loops running on this core.
+    loops: Cell<usize>,
 }
 
-async fn worker(ctx: WorkerCtx, listeners: Vec<StdListener>, shared: Arc<Shared>) {
+impl Core {
+    /// The service named `name` in the routing in force, as this core sees it. A core keeps its
+    /// view of a service (balancer, ejections, pools) while the service stays.
+    fn service(&self, name: &str) -> Option<Rc<CoreService>> {
+        let routing = self.shared.routing.load();
+        if routing.generation != self.services.borrow().generation {
+            let mut cur = self.services.borrow_mut();
+            let list = routing
+                .services
+                .iter()
+                .map(|s| {
+                    cur.list
+                        .iter()
+                        .find(|c| Arc::ptr_eq(&c.service, s))
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            let c = Rc::new(CoreService {
+                                service: s.clone(),
+                                upstream: CoreUpstream::new(
+                                    self.index,
+                                    s.clone(),
+                                    self.shared.config.pool,
+                                ),
+                            });
+                            c.upstream.warm_pools();
+                            c
+                        })
+                })
+                .collect();
+            *cur = CoreServices {
+                generation: routing.generation,
+                list,
+            };
+        }
+        self.services
+            .borrow()
+            .list
+            .iter()
+            .find(|c| c.service.name == name)
+            .cloned()
+    }
+
+    /// Starts accepting on `socket` of `listener` on this core.
+    fn start_accepting(self: &Rc<Self>, listener: Arc<Listener>, socket: StdListener) {
+        self.loops.set(self.loops.get() + 1);
+        let core = self.clone();
+        spawn_guarded("accept", async move {
+            accept::accept_loop(socket, listener, core.clone()).await;
+            core.loops.set(core.loops.get() - 1);
+        });
+    }
+}
+
+async fn worker(ctx: WorkerCtx, sockets: Vec<(Arc<Listener>, StdListener)>, shared: Arc<Shared>) {
     tracing::info!(
         worker = ctx.index,
         driver = ctx.driver.name(),
-        listeners = listeners.len(),
+        listeners = sockets.len(),
         "worker started"
     );
     let core = Rc::new(Core {
         index: ctx.index,
-        upstream: CoreUpstream::new(ctx.index, shared.set.clone(), &shared.config),
+        services: RefCell::new(CoreServices {
+            generation: 0,
+            list: Vec::new(),
+        }),
         relay: RelayOpts {
             max_buffer: shared.config.relay.buffer_size,
-            idle_timeout: shared.config.timeouts.idle,
         },
         scratch: Scratch::new(shared.config.relay.buffer_size),
-        idle: IdleTimer::new(shared.config.timeouts.idle),
+        idle: IdleTimer::new(),
         peeks: PeekBudget::new(shared.config.relay.peek_memory),
+        loops: Cell::new(0),
         shared,
     });
-    core.upstream.warm_pools();
-    let loops = Rc::new(std::cell::Cell::new(listeners.len()));
-    for l in listeners {
-        let (core, loops) = (core.clone(), loops.clone());
-        spawn_guarded("accept", async move {
-            accept::accept_loop(l, core).await;
-            loops.set(loops.get() - 1);
-        });
+    // Build every service's view now (and warm its pool), not at the first connection.
+    let names: Vec<String> = core
+        .shared
+        .routing
+        .load()
+        .services
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    for n in names {
+        let _ = core.service(&n);
     }
-    // Stop: wait for the accept loops to end, then for open connections until the deadline.
-    while loops.get() > 0 {
+    for (listener, socket) in sockets {
+        core.start_accepting(listener, socket);
+    }
+    // Listeners a reload adds arrive in this core's inbox.
+    let lifecycle = &core.shared.lifecycle;
+    while !lifecycle.stopping() || core.loops.get() > 0 {
+        if !lifecycle.stopping() {
+            let new: Vec<(Arc<Listener>, StdListener)> = std::mem::take(
+                &mut *core.shared.inbox[ctx.index]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for (listener, socket) in new {
+                tracing::info!(worker = ctx.index, listener = %listener.name, address = %listener.address, "accepting on a listener the reload added");
+                core.start_accepting(listener, socket);
+            }
+        }
         monoio::time::sleep(accept::ACCEPT_TICK).await;
     }
-    let lifecycle = &core.shared.lifecycle;
+    // Stop: the accept loops have ended; wait for open connections until the deadline.
     let mut reported = false;
     loop {
         let open = core.shared.cores.get(ctx.index).active;

@@ -18,9 +18,10 @@ use lb_common::net::is_local_resource_error;
 use monoio::net::TcpStream;
 
 use crate::balance::{Algorithm, BackendSpec, Balancer, Candidate, HashConfig};
-use crate::config::Config;
+use crate::config::{PoolConfig, RetryConfig};
 use crate::shared::counters::BackendCounters;
-use crate::shared::set::{self, BackendSet, Snapshot};
+use crate::shared::set::{self, Snapshot};
+use crate::shared::Service;
 
 use super::pool::BackendPool;
 
@@ -80,28 +81,24 @@ impl LocalBackend {
 /// This core's balancer and local state for one snapshot generation.
 struct View {
     snap: Arc<Snapshot>,
+    /// What `balancer` was built for.
+    algorithm: Algorithm,
+    hash: HashConfig,
     balancer: Balancer,
     candidates: Vec<Candidate>,
     local: Vec<Rc<LocalBackend>>,
     pools: Vec<Rc<BackendPool>>,
 }
 
-/// One core's view of the backends. Lives in an `Rc` on that core.
+/// One core's view of one service's backends. Lives in an `Rc` on that core. The service's
+/// configuration is read where it is used (a reload may change it); the balancer is rebuilt
+/// when the snapshot or the algorithm changes.
 pub struct CoreUpstream {
     core: usize,
-    set: Arc<BackendSet>,
+    service: Arc<Service>,
     view: RefCell<View>,
-    algorithm: Algorithm,
-    hash: HashConfig,
     seed: u64,
-    connect_timeout: Duration,
-    tries: u32,
-    budget: Duration,
-    eject: Duration,
-    eject_max: Duration,
-    slow_start: Duration,
-    pool_idle: usize,
-    pool_max_age: Duration,
+    pool: PoolConfig,
 }
 
 /// Marks one connection to a backend as open in the shared counts until dropped.
@@ -131,41 +128,46 @@ impl Drop for ActiveConn {
 }
 
 impl CoreUpstream {
-    pub fn new(core: usize, set: Arc<BackendSet>, config: &Config) -> CoreUpstream {
+    pub fn new(core: usize, service: Arc<Service>, pool: PoolConfig) -> CoreUpstream {
         // Per-core seed: random and power_of_two must not move in lockstep on every core.
         let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (core as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        let snap = set.load();
+        let snap = service.set.load();
+        let cfg = service.config.load();
         let up = CoreUpstream {
             core,
             view: RefCell::new(View {
-                balancer: Balancer::new(config.algorithm, &[], &config.hash, seed),
+                algorithm: cfg.algorithm,
+                hash: cfg.hash,
+                balancer: Balancer::new(cfg.algorithm, &[], &cfg.hash, seed),
                 candidates: Vec::new(),
                 local: Vec::new(),
                 pools: Vec::new(),
                 snap: snap.clone(),
             }),
-            set,
-            algorithm: config.algorithm,
-            hash: config.hash,
+            service: service.clone(),
             seed,
-            connect_timeout: config.timeouts.connect,
-            tries: config.retry.tries,
-            budget: config.retry.budget,
-            eject: config.retry.eject,
-            eject_max: config.retry.eject_max,
-            slow_start: config.health.slow_start,
-            pool_idle: config.pool.idle_per_backend,
-            pool_max_age: config.pool.max_age,
+            pool,
         };
         up.rebuild(snap);
         up
     }
 
-    /// Picks up a newer snapshot, if one was published. Called between connections.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Picks up a newer snapshot or algorithm, if there is one. Called between connections.
     pub fn refresh(&self) {
-        let generation = self.view.borrow().snap.generation;
-        if self.set.generation() != generation {
-            self.rebuild(self.set.load());
+        let (generation, algorithm, hash) = {
+            let v = self.view.borrow();
+            (v.snap.generation, v.algorithm, v.hash)
+        };
+        let cfg = self.service.config.load();
+        if self.service.set.generation() != generation
+            || cfg.algorithm != algorithm
+            || cfg.hash != hash
+        {
+            self.rebuild(self.service.set.load());
         }
     }
 
@@ -174,6 +176,7 @@ impl CoreUpstream {
     }
 
     fn rebuild(&self, snap: Arc<Snapshot>) {
+        let cfg = self.service.config.load();
         let mut view = self.view.borrow_mut();
         let specs: Vec<BackendSpec> = snap
             .backends
@@ -205,9 +208,9 @@ impl CoreUpstream {
                 }
                 _ => BackendPool::new(
                     b.address,
-                    self.pool_idle,
-                    self.pool_max_age,
-                    self.connect_timeout,
+                    self.pool.idle_per_backend,
+                    self.pool.max_age,
+                    cfg.timeouts.connect,
                 ),
             })
             .collect();
@@ -221,7 +224,9 @@ impl CoreUpstream {
         }
         // The table was built by the control plane with the snapshot: this is cheap.
         view.balancer =
-            Balancer::with_table(self.algorithm, &specs, &snap.table, &self.hash, self.seed);
+            Balancer::with_table(cfg.algorithm, &specs, &snap.table, &cfg.hash, self.seed);
+        view.algorithm = cfg.algorithm;
+        view.hash = cfg.hash;
         view.candidates = Candidate::all_eligible(&specs);
         view.local = local;
         view.pools = pools;
@@ -236,7 +241,13 @@ impl CoreUpstream {
     }
 
     /// Chooses a backend, excluding those already tried. Borrows end before returning.
-    fn choose(&self, key: Option<u64>, tried: &[usize], now: Instant) -> Option<usize> {
+    fn choose(
+        &self,
+        key: Option<u64>,
+        tried: &[usize],
+        now: Instant,
+        slow_start: Duration,
+    ) -> Option<usize> {
         let mut guard = self.view.borrow_mut();
         let view = &mut *guard;
         for (i, c) in view.candidates.iter_mut().enumerate() {
@@ -246,11 +257,9 @@ impl CoreUpstream {
             c.active = b.counters.active();
             c.ewma_ns = local.ewma_ns.get();
             c.weight = match b.since {
-                Some(since) => ramped_weight(
-                    b.weight,
-                    now.saturating_duration_since(since),
-                    self.slow_start,
-                ),
+                Some(since) => {
+                    ramped_weight(b.weight, now.saturating_duration_since(since), slow_start)
+                }
                 None => b.weight,
             };
         }
@@ -262,15 +271,17 @@ impl CoreUpstream {
     /// is always safe here.
     pub async fn connect(&self, key: Option<u64>) -> Result<(TcpStream, ActiveConn), ConnectError> {
         self.refresh();
+        let cfg = self.service.config.load_full();
+        let (retry, connect_timeout) = (cfg.retry, cfg.timeouts.connect);
         let start = Instant::now();
         // Every backend tried for this client, so that no retry picks one twice; filled only
         // once a try has failed, so the usual connection allocates nothing here.
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(String, io::Error)> = None;
         let mut n_tried = 0u32;
-        while n_tried < self.tries {
+        while n_tried < retry.tries {
             let now = Instant::now();
-            let Some(idx) = self.choose(key, &tried, now) else {
+            let Some(idx) = self.choose(key, &tried, now, cfg.health.slow_start) else {
                 break;
             };
             n_tried += 1;
@@ -289,8 +300,8 @@ impl CoreUpstream {
                 return Ok((stream, self.active(&backend)));
             }
             pool.refill();
-            let remaining = self.budget.saturating_sub(start.elapsed());
-            let limit = self.connect_timeout.min(remaining);
+            let remaining = retry.budget.saturating_sub(start.elapsed());
+            let limit = connect_timeout.min(remaining);
             match connect_one(backend.address, limit).await {
                 Ok(stream) => {
                     let took = now.elapsed();
@@ -303,17 +314,17 @@ impl CoreUpstream {
                 Err(e) if is_local_resource_error(&e) => return Err(ConnectError::Local(e)),
                 Err(e) => {
                     backend.counters.connect_failed(self.core);
-                    self.record_failure(&local, &backend, &e);
+                    self.record_failure(&local, &backend, &e, &retry);
                     last = Some((backend.name.clone(), e));
                     if tried.capacity() == 0 {
                         tried.reserve_exact(
-                            (self.tries as usize).min(self.view.borrow().local.len()),
+                            (retry.tries as usize).min(self.view.borrow().local.len()),
                         );
                     }
                     tried.push(idx);
                 }
             }
-            if start.elapsed() >= self.budget {
+            if start.elapsed() >= retry.budget {
                 break;
             }
         }
@@ -358,12 +369,18 @@ impl CoreUpstream {
         }
     }
 
-    fn record_failure(&self, local: &LocalBackend, backend: &set::Backend, e: &io::Error) {
+    fn record_failure(
+        &self,
+        local: &LocalBackend,
+        backend: &set::Backend,
+        e: &io::Error,
+        retry: &RetryConfig,
+    ) {
         let now = Instant::now();
         let name = &backend.name;
         let fails = local.fails.get().saturating_add(1);
         local.fails.set(fails);
-        let eject = eject_for(self.eject, self.eject_max, fails);
+        let eject = eject_for(retry.eject, retry.eject_max, fails);
         local.eject_until.set(Some(now + eject));
         backend.counters.ejected(self.core, now + eject);
         local.warning.warn(|suppressed| {

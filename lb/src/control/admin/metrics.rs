@@ -12,6 +12,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::shared::counters::{CounterTotals, CONNECT_BUCKETS};
+use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::Shared;
 
 /// What `/metrics` answers with.
@@ -55,22 +56,22 @@ fn family<M: EncodeMetric>(
 impl Collector for LbCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let shared = &self.0;
-        let snap = shared.set.load();
+        let routing = shared.routing.load();
         let cores = shared.cores.cores();
-        let rows: Vec<(Labels, CounterTotals, bool, u32)> = snap
-            .backends
-            .iter()
-            .map(|b| {
+        let mut rows: Vec<(Labels, CounterTotals, bool, u32)> = Vec::new();
+        for svc in &routing.services {
+            for b in svc.set.load().backends.iter() {
                 let labels = vec![
+                    ("service", svc.name.clone()),
                     ("backend", b.name.clone()),
                     ("address", b.address.to_string()),
                 ];
                 let t = b.counters.totals();
                 // Eligible and not skipped by every core: it takes new connections.
                 let up = b.eligible() && t.ejected_cores.len() < cores;
-                (labels, t, up, b.weight)
-            })
-            .collect();
+                rows.push((labels, t, up, b.weight));
+            }
+        }
         let gauge = |f: &dyn Fn(&CounterTotals, bool, u32) -> i64| {
             rows.iter()
                 .map(move |(l, t, up, w)| (l.clone(), ConstGauge::new(f(t, *up, *w))))
@@ -221,10 +222,69 @@ impl Collector for LbCollector {
         family(
             &mut enc,
             "lb_config_generation",
-            "Generation of the backend set in force.",
+            "Generation of the listeners and services in force (a reload adds one).",
             MetricType::Gauge,
-            [(none(), ConstGauge::new(shared.set.generation() as i64))],
+            [(none(), ConstGauge::new(routing.generation as i64))],
         )?;
+        family(
+            &mut enc,
+            "lb_service_backend_set_generation",
+            "Generation of each service's backend set (every change adds one).",
+            MetricType::Gauge,
+            routing.services.iter().map(|s| {
+                (
+                    vec![("service", s.name.clone())],
+                    ConstGauge::new(s.set.generation() as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "lb_service_no_backend",
+            "Clients of each service closed because no backend could be reached.",
+            MetricType::Counter,
+            routing.services.iter().map(|s| {
+                (
+                    vec![("service", s.name.clone())],
+                    ConstCounter::new(s.counters.sum(service_counter::NO_BACKEND)),
+                )
+            }),
+        )?;
+        let lrow = |f: &dyn Fn(&crate::shared::Listener) -> u64| {
+            routing
+                .listeners
+                .iter()
+                .map(|l| {
+                    (
+                        vec![
+                            ("listener", l.name.clone()),
+                            ("address", l.address.to_string()),
+                        ],
+                        f(l),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut enc,
+            "lb_listener_accepted_connections",
+            "Client connections each listener accepted.",
+            MetricType::Counter,
+            lrow(&|l| l.counters.sum(listener_counter::ACCEPTED))
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut enc,
+            "lb_listener_active_connections",
+            "Open client connections of each listener.",
+            MetricType::Gauge,
+            lrow(&|l| l.counters.sum(listener_counter::ACTIVE))
+                .into_iter()
+                .map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        family(&mut enc, "lb_listener_refused", "Clients each listener closed before choosing a service (a bad or untrusted PROXY header, no route).", MetricType::Counter,
+            lrow(&|l| l.counters.sum(listener_counter::REFUSED)).into_iter().map(|(l, v)| (l, ConstCounter::new(v))))?;
         family(
             &mut enc,
             "lb_uptime_seconds",

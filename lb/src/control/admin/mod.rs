@@ -197,15 +197,16 @@ async fn read_request<S: AsyncReadRent>(stream: &mut S) -> Result<Option<Request
 
 async fn handle(req: &Request, shared: &Arc<Shared>) -> Response {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
-    if req.method != "POST" || segs != ["lb", "backends"] {
-        return routes::route(req, shared);
-    }
+    let svc = match routes::backend_scope(shared, &segs) {
+        Some(Ok((svc, []))) if req.method == "POST" => svc,
+        _ => return routes::route(req, shared),
+    };
     let add = match routes::parse_add(&req.body) {
         Ok(a) => a,
         Err(e) => return Response::error(400, e),
     };
     match resolve(&add.address).await {
-        Ok(addr) => routes::add_backend(shared, &add, addr),
+        Ok(addr) => routes::add_backend(shared, &svc, &add, addr),
         Err(e) => Response::error(400, e),
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::config::backends::{check_name, is_own_address};
 use crate::config::{BackendConfig, DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::shared::set::{AdminState, SetError};
-use crate::shared::Shared;
+use crate::shared::{Service, Shared};
 
 use super::request::Request;
 use super::{metrics, stats};
@@ -100,12 +100,39 @@ pub fn parse_add(body: &[u8]) -> Result<AddBackend, String> {
     Ok(add)
 }
 
-/// Adds the backend `add` once its address resolved to `addr`.
-pub fn add_backend(shared: &Shared, add: &AddBackend, addr: SocketAddr) -> Response {
+/// A backend route's service and the rest of its path, or the error answer.
+pub type Scope<'a> = Result<(Arc<Service>, &'a [&'a str]), Response>;
+
+/// Which service a backend route acts on: `/lb/services/NAME/backends...`, or
+/// `/lb/backends...` for `default` (or the only service). The rest of the path after `backends`.
+pub fn backend_scope<'a>(shared: &Shared, segs: &'a [&'a str]) -> Option<Scope<'a>> {
+    let (svc, rest) = match segs {
+        ["lb", "backends", rest @ ..] => (None, rest),
+        ["lb", "services", name, "backends", rest @ ..] => (Some(*name), rest),
+        _ => return None,
+    };
+    let routing = shared.routing.load();
+    Some(match svc {
+        Some(name) => routing
+            .service(name)
+            .cloned()
+            .map(|s| (s, rest))
+            .ok_or_else(|| Response::error(404, format!("no service named {name:?}"))),
+        None => routing.default_service().cloned().map(|s| (s, rest)).ok_or_else(|| {
+            Response::error(
+                404,
+                "lb serves several services and none is named default: use /lb/services/NAME/backends",
+            )
+        }),
+    })
+}
+
+/// Adds the backend `add` to `svc` once its address resolved to `addr`.
+pub fn add_backend(shared: &Shared, svc: &Service, add: &AddBackend, addr: SocketAddr) -> Response {
     if addr.port() == 0 {
         return Response::error(400, format!("address '{}' has port 0", add.address));
     }
-    if is_own_address(addr, &shared.own_addresses) {
+    if is_own_address(addr, &shared.own_addresses()) {
         return Response::error(
             400,
             format!(
@@ -125,99 +152,122 @@ pub fn add_backend(shared: &Shared, add: &AddBackend, addr: SocketAddr) -> Respo
         address: addr,
         weight: add.weight.unwrap_or(DEFAULT_WEIGHT),
     };
-    match shared.set.add(&cfg) {
+    match svc.set.add(&cfg) {
         Ok(g) => {
-            tracing::info!(backend = ?cfg.name, address = %cfg.address, weight = cfg.weight, generation = g, "admin: backend added");
+            tracing::info!(service = %svc.name, backend = ?cfg.name, address = %cfg.address, weight = cfg.weight, generation = g, "admin: backend added");
             Response::json(
                 201,
-                json!({ "ok": true, "generation": g, "name": cfg.name }).to_string(),
+                json!({ "ok": true, "generation": g, "name": cfg.name, "service": svc.name })
+                    .to_string(),
             )
         }
         Err(e) => set_error(e),
     }
 }
 
-/// Every route but `POST /lb/backends`, whose address lookup the caller does first.
+/// Every route but `POST .../backends`, whose address lookup the caller does first.
 pub fn route(req: &Request, shared: &Arc<Shared>) -> Response {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    if let Some(scope) = backend_scope(shared, &segs) {
+        return match scope {
+            Ok((svc, rest)) => backend_route(req, &svc, rest),
+            Err(r) => r,
+        };
+    }
     match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => {
             let stopping = shared.lifecycle.stopping();
             Response::json(
                 // A balancer or Kubernetes probe in front of lb must see the drain.
                 if stopping { 503 } else { 200 },
-                json!({ "status": if stopping { "stopping" } else { "ok" }, "generation": shared.set.generation() }).to_string(),
+                json!({ "status": if stopping { "stopping" } else { "ok" }, "generation": shared.routing.load().generation }).to_string(),
             )
         }
         ("GET", ["lb", "stats"]) => Response::json(200, stats::stats(shared).to_string()),
+        ("GET", ["lb", "services"]) => {
+            Response::json(200, json!(stats::services_json(shared)).to_string())
+        }
+        ("GET", ["lb", "services", name]) => match shared.routing.load().service(name) {
+            Some(s) => Response::json(200, json!(stats::service_json(shared, s)).to_string()),
+            None => Response::error(404, format!("no service named {name:?}")),
+        },
+        ("GET", ["lb", "listeners"]) => {
+            Response::json(200, json!(stats::listeners_json(shared)).to_string())
+        }
         ("GET", ["metrics"]) => Response {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
             body: metrics::metrics(shared),
             headers: Vec::new(),
         },
-        ("GET", ["lb", "backends"]) => {
-            Response::json(200, json!(stats::backends_json(shared)).to_string())
-        }
-        ("DELETE", ["lb", "backends", name]) => {
-            let from_file = shared
-                .set
-                .load()
-                .backends
-                .iter()
-                .any(|b| b.name == *name && b.origin == crate::shared::set::Origin::Config);
-            match shared.set.remove(name) {
-                Ok(g) => {
-                    if from_file {
-                        tracing::info!(backend = ?name, generation = g, "admin: backend removed (open connections finish); it is in the config file, so a reload brings it back");
-                    } else {
-                        tracing::info!(backend = ?name, generation = g, "admin: backend removed (open connections finish)");
-                    }
-                    changed(g)
-                }
-                Err(e) => set_error(e),
-            }
-        }
-        ("DELETE", ["lb", "backends", name, "weight"]) => match shared.set.clear_weight(name) {
-            Ok(g) => {
-                tracing::info!(backend = ?name, generation = g, "admin: weight set through the API dropped; the configured one is in force");
-                changed(g)
-            }
-            Err(e) => set_error(e),
-        },
-        ("PUT", ["lb", "backends", name, "weight"]) => {
-            match serde_json::from_slice::<SetWeight>(&req.body) {
-                Ok(SetWeight { weight }) => match shared.set.set_weight(name, weight) {
-                    Ok(g) => {
-                        tracing::info!(backend = ?name, weight, generation = g, "admin: weight changed");
-                        changed(g)
-                    }
-                    Err(e) => set_error(e),
-                },
-                Err(_) => Response::error(
-                    400,
-                    format!("body must be {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}"),
-                ),
-            }
-        }
-        ("POST", ["lb", "backends", name, action @ ("drain" | "undrain")]) => {
-            let state = if *action == "drain" {
-                AdminState::Draining
-            } else {
-                AdminState::Active
-            };
-            match shared.set.set_admin(name, state) {
-                Ok(g) => {
-                    tracing::info!(backend = ?name, action = %action, generation = g, "admin: backend state changed");
-                    changed(g)
-                }
-                Err(e) => set_error(e),
-            }
-        }
         (_, ["health"] | ["metrics"] | ["lb", ..]) => Response::error(
             405,
             format!("{} is not allowed on {}", req.method, req.path),
         ),
         _ => Response::error(404, format!("no such endpoint: {}", req.path)),
+    }
+}
+
+/// `.../backends...` of one service.
+fn backend_route(req: &Request, svc: &Service, rest: &[&str]) -> Response {
+    let set = &svc.set;
+    match (req.method.as_str(), rest) {
+        ("GET", []) => Response::json(200, json!(stats::backends_json_of(svc)).to_string()),
+        ("DELETE", [name]) => {
+            let from_file = set
+                .load()
+                .backends
+                .iter()
+                .any(|b| b.name == *name && b.origin == crate::shared::set::Origin::Config);
+            match set.remove(name) {
+                Ok(g) => {
+                    if from_file {
+                        tracing::info!(service = %svc.name, backend = ?name, generation = g, "admin: backend removed (open connections finish); it is in the config file, so a reload brings it back");
+                    } else {
+                        tracing::info!(service = %svc.name, backend = ?name, generation = g, "admin: backend removed (open connections finish)");
+                    }
+                    changed(g)
+                }
+                Err(e) => set_error(e),
+            }
+        }
+        ("DELETE", [name, "weight"]) => match set.clear_weight(name) {
+            Ok(g) => {
+                tracing::info!(service = %svc.name, backend = ?name, generation = g, "admin: weight set through the API dropped; the configured one is in force");
+                changed(g)
+            }
+            Err(e) => set_error(e),
+        },
+        ("PUT", [name, "weight"]) => match serde_json::from_slice::<SetWeight>(&req.body) {
+            Ok(SetWeight { weight }) => match set.set_weight(name, weight) {
+                Ok(g) => {
+                    tracing::info!(service = %svc.name, backend = ?name, weight, generation = g, "admin: weight changed");
+                    changed(g)
+                }
+                Err(e) => set_error(e),
+            },
+            Err(_) => Response::error(
+                400,
+                format!("body must be {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}"),
+            ),
+        },
+        ("POST", [name, action @ ("drain" | "undrain")]) => {
+            let state = if *action == "drain" {
+                AdminState::Draining
+            } else {
+                AdminState::Active
+            };
+            match set.set_admin(name, state) {
+                Ok(g) => {
+                    tracing::info!(service = %svc.name, backend = ?name, action = %action, generation = g, "admin: backend state changed");
+                    changed(g)
+                }
+                Err(e) => set_error(e),
+            }
+        }
+        _ => Response::error(
+            405,
+            format!("{} is not allowed on {}", req.method, req.path),
+        ),
     }
 }

@@ -1,12 +1,112 @@
-//! `GET /lb/stats` and `GET /lb/backends`: JSON views of the backend set and the cores.
+//! `GET /lb/stats`, `/lb/backends`, `/lb/services` and `/lb/listeners`: JSON views of the
+//! listeners, services, backends and cores, as serde structs.
+//!
+//! `/lb/stats` keeps the single-service fields at its top (`algorithm`, `listen`, `backends`,
+//! `overrides`, `generation`: those of the default service and the first listener) beside the
+//! full `services` and `listeners`.
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use crate::shared::Shared;
+use crate::shared::routing::{listener_counter, service_counter};
+use crate::shared::set::Override;
+use crate::shared::{Listener, Service, Shared};
 
-pub fn backends_json(shared: &Shared) -> Vec<Value> {
-    let snap = shared.set.load();
-    let cores = shared.cores.cores();
+#[derive(Serialize)]
+pub struct ConnectMs {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct BackendStats {
+    pub name: String,
+    pub address: String,
+    /// `up`, `down`, `draining`, or `ejected` when every core passively ejects it.
+    pub state: &'static str,
+    pub ejected_cores: Vec<usize>,
+    pub ejections_total: u64,
+    pub weight: u32,
+    pub active_connections: u64,
+    pub connections_total: u64,
+    pub connect_failures: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    pub connect_ms: ConnectMs,
+}
+
+#[derive(Serialize)]
+pub struct OverrideStats {
+    pub backend: String,
+    /// `added`, `weight` or `drained`.
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_weight: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub struct ServiceStats {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub send_proxy: &'static str,
+    pub generation: u64,
+    pub no_backend: u64,
+    pub backends: Vec<BackendStats>,
+    pub overrides: Vec<OverrideStats>,
+}
+
+#[derive(Serialize)]
+pub struct RouteStats {
+    pub sni: String,
+    pub service: String,
+}
+
+#[derive(Serialize)]
+pub struct ListenerStats {
+    pub name: String,
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_service: Option<String>,
+    pub accept_proxy: &'static str,
+    pub trusted_proxies: Vec<String>,
+    pub accepted: u64,
+    pub active: u64,
+    pub refused: u64,
+}
+
+#[derive(Serialize)]
+pub struct CoreStats {
+    pub core: usize,
+    pub accepted: u64,
+    pub active: u64,
+    pub no_backend: u64,
+    pub peek_refused: u64,
+}
+
+#[derive(Serialize)]
+pub struct Stats {
+    pub algorithm: &'static str,
+    pub listen: String,
+    pub uptime_s: f64,
+    pub generation: u64,
+    pub routing_generation: u64,
+    pub stopping: bool,
+    pub backends: Vec<BackendStats>,
+    pub overrides: Vec<OverrideStats>,
+    pub services: Vec<ServiceStats>,
+    pub listeners: Vec<ListenerStats>,
+    pub cores: Vec<CoreStats>,
+}
+
+pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
+    let snap = svc.set.load();
+    let cores = svc.counters.cores();
     snap.backends
         .iter()
         .map(|b| {
@@ -17,58 +117,163 @@ pub fn backends_json(shared: &Shared) -> Vec<Value> {
             } else {
                 b.state_name()
             };
-            json!({
-                "name": b.name,
-                "address": b.address.to_string(),
-                "state": state,
-                "ejected_cores": t.ejected_cores,
-                "ejections_total": t.ejections,
-                "weight": b.weight,
-                "active_connections": t.active,
-                "connections_total": t.total,
-                "connect_failures": t.connect_failures,
-                "bytes_to_backend": t.bytes_to_backend,
-                "bytes_to_client": t.bytes_to_client,
-                "connect_ms": { "p50": t.connect_quantile_ms(0.5), "p90": t.connect_quantile_ms(0.9), "p99": t.connect_quantile_ms(0.99) },
-            })
+            BackendStats {
+                name: b.name.clone(),
+                address: b.address.to_string(),
+                state,
+                ejected_cores: t.ejected_cores.clone(),
+                ejections_total: t.ejections,
+                weight: b.weight,
+                active_connections: t.active,
+                connections_total: t.total,
+                connect_failures: t.connect_failures,
+                bytes_to_backend: t.bytes_to_backend,
+                bytes_to_client: t.bytes_to_client,
+                connect_ms: ConnectMs {
+                    p50: t.connect_quantile_ms(0.5),
+                    p90: t.connect_quantile_ms(0.9),
+                    p99: t.connect_quantile_ms(0.99),
+                },
+            }
         })
         .collect()
 }
 
-pub fn stats(shared: &Shared) -> Value {
-    let cores: Vec<Value> = (0..shared.cores.cores())
-        .map(|i| {
-            let c = shared.cores.get(i);
-            json!({ "core": i, "accepted": c.accepted, "active": c.active, "no_backend": c.no_backend, "peek_refused": c.peek_refused })
-        })
-        .collect();
-    json!({
-        "algorithm": shared.config.algorithm.name(),
-        "listen": shared.listen.to_string(),
-        "uptime_s": shared.lifecycle.uptime().as_secs_f64(),
-        "generation": shared.set.generation(),
-        "stopping": shared.lifecycle.stopping(),
-        "backends": backends_json(shared),
-        "overrides": overrides_json(shared),
-        "cores": cores,
-    })
+/// The default service's backends (`GET /lb/backends`).
+pub fn backends_json(shared: &Shared) -> Vec<BackendStats> {
+    shared
+        .default_service()
+        .map(|s| backends_json_of(&s))
+        .unwrap_or_default()
 }
 
 /// The admin-API changes that a reload keeps (cleared only by an explicit DELETE or undrain).
-pub fn overrides_json(shared: &Shared) -> Vec<Value> {
-    use crate::shared::set::Override;
-    shared
-        .set
+pub fn overrides_of(svc: &Service) -> Vec<OverrideStats> {
+    svc.set
         .overrides()
         .into_iter()
         .map(|o| match o {
-            Override::Added { backend } => json!({ "backend": backend, "kind": "added" }),
+            Override::Added { backend } => OverrideStats {
+                backend,
+                kind: "added",
+                weight: None,
+                file_weight: None,
+            },
             Override::Weight {
                 backend,
                 weight,
                 file,
-            } => json!({ "backend": backend, "kind": "weight", "weight": weight, "file_weight": file }),
-            Override::Drained { backend } => json!({ "backend": backend, "kind": "drained" }),
+            } => OverrideStats {
+                backend,
+                kind: "weight",
+                weight: Some(weight),
+                file_weight: Some(file),
+            },
+            Override::Drained { backend } => OverrideStats {
+                backend,
+                kind: "drained",
+                weight: None,
+                file_weight: None,
+            },
         })
         .collect()
+}
+
+pub fn service_json(_shared: &Shared, svc: &Service) -> ServiceStats {
+    let cfg = svc.config.load();
+    ServiceStats {
+        name: svc.name.clone(),
+        algorithm: cfg.algorithm.name(),
+        send_proxy: cfg.send_proxy.name(),
+        generation: svc.set.generation(),
+        no_backend: svc.counters.sum(service_counter::NO_BACKEND),
+        backends: backends_json_of(svc),
+        overrides: overrides_of(svc),
+    }
+}
+
+pub fn services_json(shared: &Shared) -> Vec<ServiceStats> {
+    shared
+        .routing
+        .load()
+        .services
+        .iter()
+        .map(|s| service_json(shared, s))
+        .collect()
+}
+
+fn listener_json(l: &Listener) -> ListenerStats {
+    use crate::config::Route;
+    let cfg = l.config.load();
+    let (service, routes, default_service) = match &cfg.route {
+        Route::Service(s) => (Some(s.clone()), Vec::new(), None),
+        Route::Sni { routes, default } => (
+            None,
+            routes
+                .iter()
+                .map(|r| RouteStats {
+                    sni: r.pattern.text(),
+                    service: r.service.clone(),
+                })
+                .collect(),
+            default.clone(),
+        ),
+    };
+    ListenerStats {
+        name: l.name.clone(),
+        address: l.address.to_string(),
+        service,
+        routes,
+        default_service,
+        accept_proxy: cfg.accept_proxy.name(),
+        trusted_proxies: cfg.trusted_proxies.to_strings(),
+        accepted: l.counters.sum(listener_counter::ACCEPTED),
+        active: l.counters.sum(listener_counter::ACTIVE),
+        refused: l.counters.sum(listener_counter::REFUSED),
+    }
+}
+
+pub fn listeners_json(shared: &Shared) -> Vec<ListenerStats> {
+    shared
+        .routing
+        .load()
+        .listeners
+        .iter()
+        .map(|l| listener_json(l))
+        .collect()
+}
+
+pub fn stats(shared: &Shared) -> serde_json::Value {
+    let routing = shared.routing.load();
+    let default = routing.default_service();
+    let cores = (0..shared.cores.cores())
+        .map(|i| {
+            let c = shared.cores.get(i);
+            CoreStats {
+                core: i,
+                accepted: c.accepted,
+                active: c.active,
+                no_backend: c.no_backend,
+                peek_refused: c.peek_refused,
+            }
+        })
+        .collect();
+    let s = Stats {
+        algorithm: default.map_or("", |s| s.config.load().algorithm.name()),
+        listen: routing
+            .listeners
+            .first()
+            .map(|l| l.address.to_string())
+            .unwrap_or_default(),
+        uptime_s: shared.lifecycle.uptime().as_secs_f64(),
+        generation: default.map_or(0, |s| s.set.generation()),
+        routing_generation: routing.generation,
+        stopping: shared.lifecycle.stopping(),
+        backends: default.map(|s| backends_json_of(s)).unwrap_or_default(),
+        overrides: default.map(|s| overrides_of(s)).unwrap_or_default(),
+        services: services_json(shared),
+        listeners: listeners_json(shared),
+        cores,
+    };
+    serde_json::to_value(s).unwrap_or_default()
 }
