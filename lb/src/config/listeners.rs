@@ -119,16 +119,23 @@ impl Route {
         }
     }
 
-    /// Every service it can send a connection to.
+    /// Every service it can send a connection to, each once.
     pub fn services(&self) -> Vec<&str> {
-        match self {
+        let mut out: Vec<&str> = Vec::new();
+        let all: Vec<&str> = match self {
             Route::Service(s) => vec![s],
             Route::Sni { routes, default } => routes
                 .iter()
                 .map(|r| r.service.as_str())
                 .chain(default.as_deref())
                 .collect(),
+        };
+        for s in all {
+            if !out.contains(&s) {
+                out.push(s);
+            }
         }
+        out
     }
 
     pub fn reads_sni(&self) -> bool {

@@ -595,4 +595,127 @@ mod tests {
         )
         .is_ok());
     }
+
+    const MULTI: &str = r#"
+        [[services]]
+        name = "web"
+        algorithm = "least_connections"
+        [[services.backends]]
+        address = "127.0.0.1:9001"
+        [[services]]
+        name = "api"
+        send_proxy = "v2"
+        [services.hash]
+        key = "client_ip"
+        [services.retry]
+        tries = 5
+        [[services.backends]]
+        address = "127.0.0.1:9002"
+        [[listeners]]
+        name = "public"
+        address = "127.0.0.1:8080"
+        service = "web"
+        [[listeners]]
+        name = "tls"
+        address = "127.0.0.1:8443"
+        default_service = "web"
+        accept_proxy = "v2"
+        trusted_proxies = ["127.0.0.0/8"]
+        [[listeners.routes]]
+        sni = "api.example.com"
+        service = "api"
+    "#;
+
+    #[test]
+    fn services_and_listeners_parse_and_inherit_the_top_level_tables() {
+        let c = build(
+            &format!("[retry]\ntries = 4\n[timeouts]\nidle_ms = 7000\n{MULTI}"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.listeners.len(), 2);
+        let web = c.service("web").unwrap();
+        assert_eq!(web.algorithm, Algorithm::LeastConnections);
+        assert_eq!(web.retry.tries, 4, "inherited");
+        assert_eq!(web.timeouts.idle.as_millis(), 7000, "inherited");
+        let api = c.service("api").unwrap();
+        assert_eq!(api.retry.tries, 5, "its own");
+        assert_eq!(api.send_proxy, SendProxy::V2);
+        assert_eq!(api.algorithm, Algorithm::RoundRobin);
+        assert_eq!(
+            c.listeners[1].route.service_for(Some("api.example.com")),
+            Some("api")
+        );
+        assert_eq!(c.listeners[1].route.service_for(None), Some("web"));
+        assert!(
+            c.default_service().is_none(),
+            "two services, none named default"
+        );
+    }
+
+    fn err(toml: &str) -> String {
+        build(toml, Overrides::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn check_config_names_every_listener_and_service_mistake() {
+        let e = err(&MULTI.replace("service = \"api\"", "service = \"apx\""));
+        assert!(
+            e.contains("unknown service 'apx'") && e.contains("listeners[1]"),
+            "{e}"
+        );
+        let e = err(&MULTI.replace("127.0.0.1:8443", "127.0.0.1:8080"));
+        assert!(
+            e.contains("overlaps") && e.contains("listeners[1].address"),
+            "{e}"
+        );
+        let e = err(&MULTI.replace("127.0.0.1:8443", "0.0.0.0:8080"));
+        assert!(e.contains("overlaps"), "{e}");
+        let e = err(&MULTI.replace("default_service = \"web\"", "service = \"web\""));
+        assert!(e.contains("listeners[1].routes"), "{e}");
+        let e = err(&MULTI.replace("trusted_proxies = [\"127.0.0.0/8\"]", ""));
+        assert!(e.contains("listeners[1].trusted_proxies"), "{e}");
+        let e = err(&MULTI.replace("name = \"api\"", "name = \"web\""));
+        assert!(e.contains("defined twice"), "{e}");
+        let e = err(&MULTI.replace("name = \"tls\"", "name = \"public\""));
+        assert!(e.contains("defined twice"), "{e}");
+        let e = err(&MULTI.replace("name = \"api\"", "name = \"a/b\""));
+        assert!(e.contains("services[1].name"), "{e}");
+        let e = err(&MULTI.replace("send_proxy = \"v2\"", "send_proxy = \"v3\""));
+        assert!(e.contains("services[1].send_proxy"), "{e}");
+        let e = err(&MULTI.replace("tries = 5", "tries = 500"));
+        assert!(e.contains("services[1].retry.tries"), "{e}");
+        let e = err(&format!("listen = \"127.0.0.1:1\"\n{MULTI}"));
+        assert!(e.contains("`listen`"), "{e}");
+        let two = MULTI.split("[[listeners]]").next().unwrap();
+        let e = err(two);
+        assert!(e.contains("add [[listeners]]"), "{e}");
+        let e = err(&format!("{MULTI}\n[admin]\nlisten = \"127.0.0.1:8080\"\n"));
+        assert!(e.contains("admin.listen") && e.contains("overlaps"), "{e}");
+        let e = err(&MULTI.replace(
+            "address = \"127.0.0.1:9002\"",
+            "address = \"127.0.0.1:8443\"",
+        ));
+        assert!(e.contains("lb's own"), "{e}");
+    }
+
+    #[test]
+    fn the_single_service_form_is_the_default_listener_and_service() {
+        let c = build(TWO, Overrides::default()).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].name, "default");
+        assert_eq!(c.listeners[0].route, Route::Service("default".into()));
+        assert_eq!(c.services[0].name, DEFAULT_SERVICE);
+        // One named service and no listener: the default listener feeds it.
+        let one =
+            "[[services]]\nname = \"web\"\n[[services.backends]]\naddress = \"127.0.0.1:9\"\n";
+        let c = build(one, Overrides::default()).unwrap();
+        assert_eq!(c.listeners[0].route, Route::Service("web".into()));
+        assert_eq!(c.default_service().unwrap().name, "web");
+        assert!(
+            c.replicas.is_empty(),
+            "a named service is configured: no local replicas"
+        );
+    }
 }

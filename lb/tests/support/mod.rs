@@ -313,3 +313,70 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// lb started with `--config` from `toml` and `extra` arguments (no `--listen`: the file's
+/// listeners), its admin API on a free port; the address of each listener, by name, from the
+/// `lb listener NAME listening on ADDR` lines it prints.
+pub fn lb_with_listeners(
+    toml: &str,
+    names: &[&str],
+    extra: &[&str],
+) -> (
+    Proc,
+    tempfile_path::TempPath,
+    std::collections::HashMap<String, SocketAddr>,
+) {
+    let path = tempfile_path::TempPath::new("lb-listeners", "toml");
+    std::fs::write(&path.0, toml).unwrap();
+    let mut cmd = Command::new(workspace_bin("lb"));
+    cmd.args([
+        "--admin",
+        "127.0.0.1:0",
+        "--config",
+        path.0.to_str().unwrap(),
+    ])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for v in [
+        "ALGORITHM",
+        "BACKEND_SERVERS",
+        "HOST",
+        "PORT",
+        "LB_ADMIN_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    let mut child = cmd.spawn().expect("start lb");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut found = std::collections::HashMap::new();
+    let (mut first, mut admin) = (None, None);
+    let mut line = String::new();
+    while found.len() < names.len() {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "lb exited before printing its listeners"
+        );
+        let addr = listening_addr(&line);
+        if let Some(rest) = line.strip_prefix("lb listener ") {
+            let name = rest.split_whitespace().next().unwrap().to_string();
+            found.insert(name, addr.unwrap());
+        } else if line.starts_with("lb admin ") {
+            admin = addr;
+        } else if first.is_none() {
+            first = addr;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (
+        Proc {
+            child,
+            addr: first.unwrap(),
+            admin,
+        },
+        path,
+        found,
+    )
+}
