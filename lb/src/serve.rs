@@ -255,11 +255,29 @@ fn spawn_signal_thread(
                 }
             },
             libc::SIGTERM => {
+                let sd = shared.config.shutdown;
+                if sd.lame_duck.is_zero() || shared.lifecycle.draining() {
+                    tracing::info!(
+                        grace_ms = sd.grace.as_millis() as u64,
+                        "SIGTERM: stopping, open connections may finish"
+                    );
+                    shared.lifecycle.stop(sd.grace);
+                    return;
+                }
+                // Lame duck: health probes see 503 at once while lb keeps accepting, so that
+                // whatever sends clients here (a balancer, a Kubernetes Service) stops first.
                 tracing::info!(
-                    grace_ms = shared.config.shutdown.grace.as_millis() as u64,
-                    "SIGTERM: stopping, open connections may finish"
+                    lame_duck_ms = sd.lame_duck.as_millis() as u64,
+                    grace_ms = sd.grace.as_millis() as u64,
+                    "SIGTERM: draining (GET /health answers 503) and still accepting; then stopping"
                 );
-                shared.lifecycle.stop(shared.config.shutdown.grace);
+                shared.lifecycle.drain();
+                let s = shared.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(sd.lame_duck);
+                    tracing::info!("lame duck over: stopping, open connections may finish");
+                    s.lifecycle.stop(sd.grace);
+                });
             }
             _ => {
                 tracing::info!(

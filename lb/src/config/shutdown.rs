@@ -15,6 +15,7 @@ pub const DEFAULT_INTERRUPT_GRACE: Duration = Duration::from_millis(2_000);
 pub struct FileShutdown {
     pub grace_ms: Option<u64>,
     pub interrupt_grace_ms: Option<u64>,
+    pub lame_duck_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub struct ShutdownConfig {
     pub grace: Duration,
     /// After SIGINT.
     pub interrupt_grace: Duration,
+    /// After SIGTERM, lb answers /health with 503 but keeps accepting for this long (0: not at
+    /// all), so that a balancer or Kubernetes stops sending clients before lb stops taking them.
+    pub lame_duck: Duration,
 }
 
 pub fn build(f: &FileShutdown) -> Result<ShutdownConfig, ConfigError> {
@@ -33,5 +37,9 @@ pub fn build(f: &FileShutdown) -> Result<ShutdownConfig, ConfigError> {
             f.interrupt_grace_ms,
             DEFAULT_INTERRUPT_GRACE,
         )?,
+        lame_duck: match f.lame_duck_ms {
+            None | Some(0) => Duration::ZERO,
+            v => millis("shutdown.lame_duck_ms", v, Duration::ZERO)?,
+        },
     })
 }

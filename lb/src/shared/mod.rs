@@ -20,9 +20,11 @@ use crate::config::{Config, ListenerConfig};
 use counters::CoreCounters;
 pub use routing::{Listener, Routing, Service};
 
-/// Running, or stopping with a deadline.
+/// Running, draining (lame duck: still accepting, but telling health probes to go away), or
+/// stopping with a deadline.
 pub struct Lifecycle {
     started: Instant,
+    draining: AtomicBool,
     stopping: AtomicBool,
     /// Deadline for open connections, in ms after `started`.
     deadline_ms: AtomicU64,
@@ -32,6 +34,7 @@ impl Lifecycle {
     pub fn new() -> Lifecycle {
         Lifecycle {
             started: Instant::now(),
+            draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             deadline_ms: AtomicU64::new(u64::MAX),
         }
@@ -46,6 +49,16 @@ impl Lifecycle {
 
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Lame duck: /health answers 503 while lb still accepts.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Draining or stopping: what a health probe in front of lb must learn.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || self.stopping()
     }
 
     pub fn deadline(&self) -> Instant {

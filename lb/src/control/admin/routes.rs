@@ -176,11 +176,19 @@ pub fn route(req: &Request, shared: &Arc<Shared>) -> Response {
     }
     match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => {
-            let stopping = shared.lifecycle.stopping();
+            let l = &shared.lifecycle;
+            let status = if l.stopping() {
+                "stopping"
+            } else if l.draining() {
+                "draining"
+            } else {
+                "ok"
+            };
             Response::json(
                 // A balancer or Kubernetes probe in front of lb must see the drain.
-                if stopping { 503 } else { 200 },
-                json!({ "status": if stopping { "stopping" } else { "ok" }, "generation": shared.routing.load().generation }).to_string(),
+                if status == "ok" { 200 } else { 503 },
+                json!({ "status": status, "generation": shared.routing.load().generation })
+                    .to_string(),
             )
         }
         ("GET", ["lb", "stats"]) => Response::json(200, stats::stats(shared).to_string()),
