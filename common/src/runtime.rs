@@ -195,6 +195,24 @@ impl Drop for DeathGuard {
 }
 
 /// CPUs in this process's affinity mask, in ascending order.
+/// CPUs this process can use: those of its affinity mask, fewer when its cgroup's CPU quota
+/// (`cpu.max`, a container's CPU limit) allows less; at least 1.
+pub fn available_cpus() -> usize {
+    let affinity = allowed_cpus().len().max(1);
+    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+        .ok()
+        .and_then(|s| cgroup_cpus(&s));
+    quota.map_or(affinity, |q| q.min(affinity)).max(1)
+}
+
+/// CPUs a cgroup v2 `cpu.max` line ("QUOTA PERIOD", or "max PERIOD") allows, rounded up.
+pub fn cgroup_cpus(cpu_max: &str) -> Option<usize> {
+    let mut it = cpu_max.split_whitespace();
+    let quota: u64 = it.next()?.parse().ok()?;
+    let period: u64 = it.next()?.parse().ok()?;
+    (period > 0).then(|| quota.div_ceil(period) as usize)
+}
+
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0 (this thread).
     unsafe {
@@ -248,6 +266,16 @@ mod tests {
         opts.pin = true;
         let out = run_workers(&opts, |ctx| async move { ctx.index * 10 }).unwrap();
         assert_eq!(out, vec![0, 10]);
+    }
+
+    #[test]
+    fn a_cgroup_quota_limits_the_cpus_and_max_does_not() {
+        assert_eq!(cgroup_cpus("max 100000\n"), None);
+        assert_eq!(cgroup_cpus("200000 100000\n"), Some(2));
+        assert_eq!(cgroup_cpus("150000 100000"), Some(2));
+        assert_eq!(cgroup_cpus("50000 100000"), Some(1));
+        assert_eq!(cgroup_cpus("garbage"), None);
+        assert!(available_cpus() >= 1);
     }
 
     /// A worker that panics must end the whole process (exit 70), never leave the others running.

@@ -34,9 +34,10 @@ struct Args {
     /// power_of_two, consistent_hash (alias ip_hash) or maglev.
     #[arg(short, long, value_name = "NAME")]
     algorithm: Option<String>,
-    /// Worker threads, one per core, each with its own listener (default 1).
-    #[arg(long, value_name = "N")]
-    cores: Option<usize>,
+    /// Worker threads, one per core, each with its own listeners: a number, or "auto" for one
+    /// per CPU lb may use (its affinity and its cgroup's CPU quota; the default).
+    #[arg(long, value_name = "N|auto")]
+    cores: Option<String>,
     /// Pin worker i to the i-th CPU this process may use.
     #[arg(long)]
     pin: bool,
@@ -130,7 +131,7 @@ fn overrides(args: &Args) -> Result<Overrides, lb::config::ConfigError> {
         listen: args.listen.clone(),
         backends: (!args.backends.is_empty()).then(|| args.backends.clone()),
         algorithm: args.algorithm.clone(),
-        cores: args.cores,
+        cores: args.cores.clone(),
         pin: args.pin.then_some(true),
         admin: args.admin.clone(),
         ..Default::default()

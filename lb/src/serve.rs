@@ -28,6 +28,14 @@ pub struct ServeOpts {
 
 /// Serves `config` until a graceful stop has finished.
 pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
+    let cpus = lb_common::runtime::available_cpus();
+    if config.cores > cpus {
+        tracing::warn!(
+            cores = config.cores,
+            cpus,
+            "more worker cores than CPUs lb may use: workers will share CPUs (set cores = \"auto\")"
+        );
+    }
     // Before any thread starts: signals go to one thread that turns them into actions.
     let started = Arc::new(OnceLock::<Arc<Shared>>::new());
     spawn_signal_thread(started.clone(), opts.overrides.clone())?;

@@ -75,3 +75,23 @@ fn a_missing_config_file_is_named() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/lb.toml"), "{err}");
 }
+
+#[test]
+fn cores_default_to_the_cpus_lb_may_use_and_take_auto_or_a_number() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let (code, out, _) = lb(&["--check-config", "-b", "127.0.0.1:9001"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("{cpus} core(s)")), "{out}");
+    let (code, out, _) = lb(
+        &["--check-config", "-b", "127.0.0.1:9001", "--cores", "3"],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("3 core(s)"), "{out}");
+    let (code, _, err) = lb(
+        &["--check-config", "-b", "127.0.0.1:9001", "--cores", "many"],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("cores") && err.contains("auto"), "{err}");
+}

@@ -12,7 +12,8 @@ pub struct Overrides {
     pub port: Option<String>,
     pub backends: Option<Vec<String>>,
     pub algorithm: Option<String>,
-    pub cores: Option<usize>,
+    /// A number or "auto".
+    pub cores: Option<String>,
     pub pin: Option<bool>,
     pub admin: Option<String>,
     /// `LB_ADMIN_TOKEN`.

@@ -45,7 +45,9 @@ pub use services::{SendProxy, ServiceConfig, DEFAULT_SERVICE};
 pub use shutdown::ShutdownConfig;
 pub use timeouts::Timeouts;
 
-pub const DEFAULT_CORES: usize = 1;
+/// `cores = "auto"`: one worker per CPU lb may run on.
+pub const AUTO_CORES: &str = "auto";
+pub const MAX_CORES: usize = 1024;
 pub const DEFAULT_ALGORITHM: &str = "round_robin";
 
 #[derive(Debug, thiserror::Error)]
@@ -68,12 +70,42 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `cores`: a number, or "auto".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileCores {
+    N(usize),
+    Name(String),
+}
+
+/// Workers for `v`: a number from 1 to 1024, or "auto" (the CPUs lb may use).
+pub fn parse_cores(key: &str, v: &str) -> Result<usize, ConfigError> {
+    let v = v.trim();
+    let n = if v == AUTO_CORES {
+        lb_common::runtime::available_cpus()
+    } else {
+        v.parse::<usize>().map_err(|_| {
+            invalid(
+                key,
+                format!("'{v}' is not a number of cores: give 1 to {MAX_CORES}, or \"auto\""),
+            )
+        })?
+    };
+    if n == 0 || n > MAX_CORES {
+        return Err(invalid(
+            key,
+            format!("must be between 1 and {MAX_CORES}, or \"auto\" (got {n})"),
+        ));
+    }
+    Ok(n)
+}
+
 /// The file as written. Every key is documented in `config/lb.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
-    pub cores: Option<usize>,
+    pub cores: Option<FileCores>,
     pub pin: Option<bool>,
     pub algorithm: Option<String>,
     #[serde(default)]
@@ -166,13 +198,12 @@ impl Config {
         over: Overrides,
         source: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
-        let cores = over.cores.or(file.cores).unwrap_or(DEFAULT_CORES);
-        if cores == 0 || cores > 1024 {
-            return Err(invalid(
-                "cores",
-                format!("must be between 1 and 1024 (got {cores})"),
-            ));
-        }
+        let cores = match (&over.cores, &file.cores) {
+            (Some(c), _) => parse_cores("cores", c)?,
+            (None, Some(FileCores::N(n))) => parse_cores("cores", &n.to_string())?,
+            (None, Some(FileCores::Name(s))) => parse_cores("cores", s)?,
+            (None, None) => parse_cores("cores", AUTO_CORES)?,
+        };
         let algorithm = over
             .algorithm
             .clone()
@@ -398,7 +429,11 @@ mod tests {
     fn defaults_fill_everything_but_backends() {
         let c = build(TWO, Overrides::default()).unwrap();
         assert_eq!(c.listen().to_string(), listen::DEFAULT_LISTEN);
-        assert_eq!(c.cores, DEFAULT_CORES);
+        assert_eq!(
+            c.cores,
+            lb_common::runtime::available_cpus(),
+            "auto by default"
+        );
         assert_eq!(d(&c).algorithm, Algorithm::RoundRobin);
         assert_eq!(d(&c).backends[1].weight, 3);
         assert_eq!(d(&c).backends[0].name, "127.0.0.1:9001");
@@ -535,7 +570,7 @@ mod tests {
         let cli = Overrides {
             listen: Some("127.0.0.1:0".into()),
             algorithm: Some("least_connections".into()),
-            cores: Some(2),
+            cores: Some("2".into()),
             ..Default::default()
         };
         let c = build(TWO, env.then(cli)).unwrap();

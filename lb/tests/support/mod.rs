@@ -114,6 +114,7 @@ pub fn lb(backends: &[&Proc], extra: &[&str]) -> Proc {
         &list,
     ];
     args.extend_from_slice(extra);
+    one_core_unless_told(&mut args);
     start("lb", &args, &[])
 }
 
@@ -130,7 +131,16 @@ pub fn lb_with_config(toml: &str, extra: &[&str]) -> (Proc, tempfile_path::TempP
         path.0.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
+    one_core_unless_told(&mut args);
     (start("lb", &args, &[]), path)
+}
+
+/// Tests count per-core figures: one worker unless a test asks for more (lb's default is
+/// `cores = "auto"`, one per CPU, which differs between machines).
+fn one_core_unless_told(args: &mut Vec<&str>) {
+    if !args.contains(&"--cores") && !args.contains(&"--check-config") {
+        args.extend_from_slice(&["--cores", "1"]);
+    }
 }
 
 pub mod tempfile_path {
