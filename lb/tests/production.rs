@@ -64,3 +64,54 @@ fn a_lame_duck_answers_503_at_once_keeps_serving_for_its_delay_then_stops() {
     );
     assert!(wait_exit(&mut lb.child, Duration::from_secs(5)).is_some());
 }
+
+#[test]
+fn backend_servers_take_urls_and_weights_and_a_name_that_does_not_resolve_yet_is_retried() {
+    let (a, b) = (backend("a"), backend("b"));
+    let hosts = tempfile_path::TempPath::new("lb-hosts", "txt");
+    std::fs::write(&hosts.0, "# nothing yet\n").unwrap();
+    let cfg = tempfile_path::TempPath::new("lb-seed4", "toml");
+    std::fs::write(
+        &cfg.0,
+        format!(
+            "[health]\ncheck = \"none\"\n[discovery]\ninterval_ms = 100\nhosts_file = \"{}\"\n",
+            hosts.0.display()
+        ),
+    )
+    .unwrap();
+    let servers = format!(
+        "http://{}/any/path*3, lb-seed-not-yet.invalid:{}",
+        a.addr,
+        b.addr.port()
+    );
+    let lb = start(
+        "lb",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--config",
+            cfg.0.to_str().unwrap(),
+        ],
+        &[("BACKEND_SERVERS", servers.as_str())],
+    );
+    // lb runs: the URL form with its weight serves, the name that does not resolve waits.
+    for _ in 0..4 {
+        assert_eq!(request_id(lb.addr, None, "").unwrap(), "a");
+    }
+    let (_, body) = admin_call(lb.admin.unwrap(), None, "GET", "/lb/backends", "");
+    assert!(body.contains("\"weight\":3"), "{body}");
+    // Once the name resolves, its backend joins.
+    std::fs::write(&hosts.0, "127.0.0.1 lb-seed-not-yet.invalid\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if (0..8).any(|_| request_id(lb.addr, None, "").ok().as_deref() == Some("b")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the name never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

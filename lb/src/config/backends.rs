@@ -128,19 +128,96 @@ pub fn discover(key: &str, b: &FileBackend) -> Result<DiscoverSpec, ConfigError>
 
 /// The configured list: `--backend`/`BACKEND_SERVERS` when given (they replace the file's), else
 /// the file's fixed entries; plus the file's names to discover (only when the file's list is used).
+/// A backend as the seed projects write it in `BACKEND_SERVERS` (and `--backend`): `host:port`,
+/// a URL `http://host:port/path` (the path ignored; the port defaults to the scheme's), and an
+/// optional weight `*N` at the end: `10.0.0.1:80*3`. Returns the address and the weight.
+pub fn parse_listed(key: &str, item: &str) -> Result<(String, Option<u32>), ConfigError> {
+    let item = item.trim();
+    let (rest, weight) = match item.rsplit_once('*') {
+        Some((a, w)) => {
+            let w = w.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    key,
+                    format!("'{item}': the weight after '*' must be a number"),
+                )
+            })?;
+            (a.trim(), Some(w))
+        }
+        None => (item, None),
+    };
+    let (default_port, hostport) = if let Some(r) = rest.strip_prefix("http://") {
+        (Some(80), r)
+    } else if let Some(r) = rest.strip_prefix("https://") {
+        (Some(443), r)
+    } else {
+        (None, rest)
+    };
+    let hostport = hostport.split(['/', '?', '#']).next().unwrap_or("");
+    let has_port = match hostport.rsplit_once(':') {
+        Some((h, p)) => !h.ends_with(':') && p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty(),
+        None => false,
+    } && !(hostport.starts_with('[') && hostport.ends_with(']'));
+    let address = match (has_port, default_port) {
+        (true, _) => hostport.to_string(),
+        (false, Some(p)) => format!("{hostport}:{p}"),
+        (false, None) => {
+            return Err(invalid(
+                key,
+                format!("backend '{item}' has no port: write host:port (or http://host:port)"),
+            ))
+        }
+    };
+    Ok((address, weight))
+}
+
+/// One `BACKEND_SERVERS`/`--backend` item: a fixed backend, or, for a host name that does not
+/// resolve now, a name lb keeps resolving in the background (as nginx's `resolve` does) instead
+/// of refusing to start: its addresses become backends `NAME@IP` once it resolves.
+fn listed(key: &str, item: &str) -> Result<Result<BackendConfig, DiscoverSpec>, ConfigError> {
+    let (address, w) = parse_listed(key, item)?;
+    match backend(key, &address, None, w) {
+        Ok(b) => Ok(Ok(b)),
+        Err(e) => {
+            let host_part = address.rsplit_once(':').map_or("", |(h, _)| h);
+            let is_name = host_part.parse::<std::net::IpAddr>().is_err()
+                && !host_part.starts_with('[')
+                && !host_part.is_empty();
+            if !is_name {
+                return Err(e);
+            }
+            let spec = discover(
+                key,
+                &FileBackend {
+                    address: address.clone(),
+                    name: None,
+                    weight: w,
+                    discover: Some(true),
+                },
+            )?;
+            tracing::warn!(backend = %address, "backend host name does not resolve now: lb keeps looking it up in the background (every discovery.interval_ms) and sends clients there once it resolves");
+            Ok(Err(spec))
+        }
+    }
+}
+
+/// The configured list: `--backend`/`BACKEND_SERVERS` when given (they replace the file's), else
+/// the file's fixed entries; plus the names to discover (the file's `discover = true` entries,
+/// and listed host names that did not resolve at start).
 pub fn build(
     file: &[FileBackend],
     over: Option<&[String]>,
 ) -> Result<(Vec<BackendConfig>, Vec<DiscoverSpec>), ConfigError> {
-    if let Some(list) = over {
-        let fixed = list
-            .iter()
-            .map(|a| backend("backends", a, None, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok((fixed, Vec::new()));
-    }
     let mut fixed = Vec::new();
     let mut names = Vec::new();
+    if let Some(list) = over {
+        for item in list {
+            match listed("backends", item)? {
+                Ok(b) => fixed.push(b),
+                Err(d) => names.push(d),
+            }
+        }
+        return Ok((fixed, names));
+    }
     for (i, b) in file.iter().enumerate() {
         let key = format!("backends[{i}]");
         if b.discover == Some(true) {
@@ -176,6 +253,33 @@ pub fn check_set(backends: &[BackendConfig], own: &[SocketAddr]) -> Result<(), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_servers_take_the_seeds_url_form_and_a_weight() {
+        let p = |s: &str| parse_listed("k", s).unwrap();
+        assert_eq!(p("127.0.0.1:9001"), ("127.0.0.1:9001".into(), None));
+        assert_eq!(
+            p(" http://127.0.0.1:9001/app/x?y=1 "),
+            ("127.0.0.1:9001".into(), None)
+        );
+        assert_eq!(p("http://backend"), ("backend:80".into(), None));
+        assert_eq!(p("https://[::1]/"), ("[::1]:443".into(), None));
+        assert_eq!(p("10.0.0.1:80*3"), ("10.0.0.1:80".into(), Some(3)));
+        assert_eq!(p("http://h:81/p*2"), ("h:81".into(), Some(2)));
+        assert!(parse_listed("k", "10.0.0.1").is_err(), "no port");
+        assert!(parse_listed("k", "10.0.0.1:80*x").is_err());
+        let (fixed, names) = build(
+            &[],
+            Some(&[
+                "http://127.0.0.1:9001/*4".into(),
+                "lb-test-no-such-host.invalid:9000".into(),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((fixed[0].address.port(), fixed[0].weight), (9001, 4));
+        assert_eq!(names[0].host, "lb-test-no-such-host.invalid");
+        assert!(build(&[], Some(&["127.0.0.1:0".into()])).is_err());
+    }
 
     #[test]
     fn names_stay_within_the_token_charset() {
