@@ -125,6 +125,11 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
             .collect(),
         admin_addr,
     );
+    if let Some((t, _)) = &takeover {
+        for line in control::carry::apply(&shared, &t.carried) {
+            tracing::info!(state = %line, "takeover: run-time state of the old process restored");
+        }
+    }
     let routing = shared.routing.load_full();
     announce("lb", routing.listeners[0].address);
     if let Some(a) = admin_addr {

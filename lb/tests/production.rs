@@ -115,3 +115,87 @@ fn backend_servers_take_urls_and_weights_and_a_name_that_does_not_resolve_yet_is
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_takeover_keeps_api_backends_weights_drains_and_ejections() {
+    let (a, b, c) = (backend("a"), backend("b"), backend("c"));
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = gone.local_addr().unwrap();
+    drop(gone);
+    let sock = tempfile_path::TempPath::new("lb-carry", "sock");
+    let sock_path = sock.0.to_str().unwrap().to_string();
+    let toml = format!(
+        "[health]\ncheck = \"none\"\n[retry]\neject_ms = 60000\neject_max_ms = 60000\n[shutdown]\ngrace_ms = 2000\n\
+         [[backends]]\nname = \"a\"\naddress = \"{}\"\n[[backends]]\nname = \"b\"\naddress = \"{}\"\n[[backends]]\nname = \"dead\"\naddress = \"{dead}\"\n",
+        a.addr, b.addr
+    );
+    let (mut old, cfg) = lb_with_config(&toml, &["--upgrade-socket", &sock_path]);
+    let adm = old.admin.unwrap();
+    let ok = |m: &str, p: &str, body: &str| {
+        let (code, resp) = admin_call(adm, None, m, p, body);
+        assert!(code == 200 || code == 201, "{m} {p}: {code} {resp}");
+    };
+    ok(
+        "POST",
+        "/lb/backends",
+        &format!("{{\"address\": \"{}\", \"name\": \"c\"}}", c.addr),
+    );
+    ok("PUT", "/lb/backends/a/weight", "{\"weight\": 7}");
+    ok("POST", "/lb/backends/b/drain", "");
+    // Traffic finds `dead` refusing: this core ejects it for a minute.
+    for _ in 0..6 {
+        let _ = request_id(old.addr, None, "");
+    }
+    let new = start(
+        "lb",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--config",
+            cfg.0.to_str().unwrap(),
+            "--takeover",
+            "--upgrade-socket",
+            &sock_path,
+        ],
+        &[],
+    );
+    assert_eq!(new.addr, old.addr);
+    assert!(
+        wait_exit(&mut old.child, Duration::from_secs(10)).is_some(),
+        "the old lb did not exit"
+    );
+    let (code, body) = admin_call(new.admin.unwrap(), None, "GET", "/lb/stats", "");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let get = |n: &str| {
+        v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {n} after the takeover: {v}"))
+    };
+    assert_eq!(get("a")["weight"], 7, "{v}");
+    assert_eq!(get("b")["state"], "draining", "{v}");
+    assert_eq!(get("c")["state"], "up", "{v}");
+    assert_eq!(get("dead")["ejected_cores"], serde_json::json!([0]), "{v}");
+    assert_eq!(
+        get("dead")["connect_failures"],
+        0,
+        "the new process never tried it: {v}"
+    );
+    let overrides = v["overrides"].to_string();
+    for want in ["\"added\"", "\"weight\"", "\"drained\""] {
+        assert!(overrides.contains(want), "{overrides}");
+    }
+    // And it serves, from a and c only.
+    for _ in 0..8 {
+        let id = request_id(new.addr, None, "").unwrap();
+        assert!(id == "a" || id == "c", "{id}");
+    }
+}

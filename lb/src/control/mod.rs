@@ -3,6 +3,7 @@
 //! published snapshots and shared counters.
 
 pub mod admin;
+pub mod carry;
 pub mod discovery;
 pub mod health;
 pub mod reload;

@@ -6,8 +6,9 @@
 //! Protocol on the upgrade socket, one line each way:
 //! new -> old `TAKEOVER`; old -> new `FDS <admin 0|1> <listener>=<sockets> ...` with the
 //! descriptors attached (each listener's sockets in order, then the admin socket); new -> old
-//! `DRAIN` once its workers accept; old stops accepting, closes the upgrade socket and lets its
-//! open connections finish. Listeners are matched by name: the new process binds those it does
+//! `STATE`; old -> new `STATE <length>` and that many bytes of JSON (the run-time state,
+//! [`super::carry`]); new -> old `DRAIN` once its workers accept; old stops accepting, closes the
+//! upgrade socket and lets its open connections finish. Listeners are matched by name: the new process binds those it does
 //! not get, and leaves those the old one has but it does not configure.
 //!
 //! The socket hands over listening sockets, so it is guarded (DESIGN.md, Trust boundaries): by
@@ -224,6 +225,18 @@ fn hand_over(conn: UnixStream, shared: &Shared, admin_fd: Option<RawFd>) -> io::
     send_fds(&conn, header.as_bytes(), &fds)?;
     line.clear();
     reader.read_line(&mut line)?;
+    if line.trim() != "STATE" {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("new process did not ask for the state: {line:?}"),
+        ));
+    }
+    // Collected now, after the sockets went: as close as possible to the moment it takes over.
+    let state = serde_json::to_vec(&super::carry::collect(shared)).map_err(io::Error::other)?;
+    (&conn).write_all(format!("STATE {}\n", state.len()).as_bytes())?;
+    (&conn).write_all(&state)?;
+    line.clear();
+    reader.read_line(&mut line)?;
     if line.trim() != "DRAIN" {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -237,6 +250,8 @@ fn hand_over(conn: UnixStream, shared: &Shared, admin_fd: Option<RawFd>) -> io::
 pub struct Takeover {
     /// Each listener's name and sockets.
     pub listeners: Vec<(String, Vec<StdListener>)>,
+    /// The old process's run-time state, to apply before accepting.
+    pub carried: super::carry::Carried,
     pub admin: Option<StdListener>,
     conn: UnixStream,
 }
@@ -320,11 +335,36 @@ pub fn take_over(path: &Path) -> io::Result<Takeover> {
         .map(|(name, n)| (name, all.by_ref().take(n).collect()))
         .collect();
     let admin = if admin { all.next() } else { None };
+    let carried = read_state(&conn)?;
     Ok(Takeover {
         listeners,
+        carried,
         admin,
         conn,
     })
+}
+
+/// Asks for and reads the old process's run-time state (at most 64 MiB of JSON).
+fn read_state(conn: &UnixStream) -> io::Result<super::carry::Carried> {
+    use std::io::Read;
+    (&*conn).write_all(b"STATE\n")?;
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let len: usize = line
+        .trim()
+        .strip_prefix("STATE ")
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n <= 64 << 20)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad state answer {line:?}"),
+            )
+        })?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// After confirming: take the upgrade socket path over from the old process, so that the next

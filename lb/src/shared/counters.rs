@@ -138,6 +138,25 @@ impl BackendCounters {
             .store(0, Ordering::Relaxed);
     }
 
+    /// Core `core`: until when it skips this backend, if it does at `now` (an ejection a binary
+    /// upgrade carried over starts a core's view with it).
+    pub fn ejected_until(&self, core: usize, now: Instant) -> Option<Instant> {
+        let until = self.slots[core].ejected_until_ms.load(Ordering::Relaxed);
+        let now_ms = clock_ms(now);
+        (until > now_ms).then(|| now + Duration::from_millis(until - now_ms))
+    }
+
+    /// The longest ejection left on any core at `now`.
+    pub fn ejected_left(&self, now: Instant) -> Option<Duration> {
+        let now_ms = clock_ms(now);
+        self.slots
+            .iter()
+            .map(|s| s.ejected_until_ms.load(Ordering::Relaxed))
+            .filter(|&u| u > now_ms)
+            .max()
+            .map(|u| Duration::from_millis(u - now_ms))
+    }
+
     /// The cores that skip this backend at `now`.
     pub fn ejected_cores(&self, now: Instant) -> Vec<usize> {
         let now = clock_ms(now);

@@ -196,7 +196,16 @@ impl CoreUpstream {
                     }
                     Some(local)
                 });
-                kept.unwrap_or_default()
+                kept.unwrap_or_else(|| {
+                    // New to this core: it may come with an ejection (a binary upgrade carries
+                    // the old process's).
+                    let fresh = LocalBackend::default();
+                    if let Some(until) = b.counters.ejected_until(self.core, Instant::now()) {
+                        fresh.eject_until.set(Some(until));
+                        fresh.fails.set(1);
+                    }
+                    Rc::new(fresh)
+                })
             })
             .collect();
         let pools: Vec<Rc<BackendPool>> = snap
