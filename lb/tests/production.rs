@@ -199,3 +199,94 @@ fn a_takeover_keeps_api_backends_weights_drains_and_ejections() {
         assert!(id == "a" || id == "c", "{id}");
     }
 }
+
+/// The `ss -tno` line of the established socket from `local` to `peer`.
+fn ss_line(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> String {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() >= 4 && cols[2] == local.to_string() && cols[3] == peer.to_string()
+        })
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn tcp_keepalive_is_set_on_the_client_and_the_backend_socket() {
+    let echo = echo_backend();
+    let toml = format!(
+        "[health]\ncheck = \"none\"\n[timeouts]\nkeepalive_idle_ms = 30000\nkeepalive_interval_ms = 5000\nkeepalive_count = 3\n[[backends]]\nname = \"e\"\naddress = \"{}\"\n",
+        echo.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    std::io::Write::write_all(&mut c, b"x").unwrap();
+    let mut b = [0u8; 1];
+    std::io::Read::read_exact(&mut c, &mut b).unwrap();
+    let client_side = ss_line(lb.addr, c.local_addr().unwrap());
+    assert!(
+        client_side.contains("timer:(keepalive"),
+        "lb's client socket: {client_side:?}"
+    );
+    // lb's socket to the echo backend: the one connected to the backend from lb's process.
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let backend_side = text
+        .lines()
+        .find(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() >= 4 && cols[3] == echo.addr.to_string()
+        })
+        .unwrap_or("");
+    assert!(
+        backend_side.contains("timer:(keepalive"),
+        "lb's backend socket: {backend_side:?}\n{text}"
+    );
+}
+
+#[test]
+fn a_connection_past_its_lifetime_is_closed_cleanly_once_quiet_not_while_busy() {
+    let a = backend("a");
+    let toml = format!(
+        "[health]\ncheck = \"none\"\n[timeouts]\nmax_lifetime_ms = 300\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n",
+        a.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let mut c = TcpStream::connect(lb.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = Instant::now();
+    // Busy for 1.5 s, a request every 100 ms: never quiet for long enough to be closed.
+    let mut buf = vec![0u8; 4096];
+    while t0.elapsed() < Duration::from_millis(1500) {
+        std::io::Write::write_all(&mut c, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let n = std::io::Read::read(&mut c, &mut buf).unwrap();
+        assert!(
+            n > 0 && buf.starts_with(b"HTTP/1.1 200"),
+            "cut while busy after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Quiet now: closed with a FIN (read gives 0), not a reset, within about a second.
+    let quiet = Instant::now();
+    let n = std::io::Read::read(&mut c, &mut buf).expect("a clean close, not a reset");
+    assert_eq!(n, 0);
+    assert!(
+        quiet.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        quiet.elapsed()
+    );
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(800),
+        "closed before it was quiet: {:?}",
+        quiet.elapsed()
+    );
+}

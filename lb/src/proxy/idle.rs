@@ -22,12 +22,20 @@ pub enum Cut {
     Idle,
     /// The worker's shutdown deadline.
     Shutdown,
+    /// Older than its maximum lifetime, and quiet for a moment: a clean close.
+    Lifetime,
 }
+
+/// A connection past its lifetime is closed once it has been quiet this long, so that a close
+/// does not cut a request in flight.
+pub const LIFETIME_QUIET: Duration = Duration::from_secs(1);
 
 struct Entry {
     last: Instant,
     /// This connection's idle timeout (services may differ).
     timeout: Duration,
+    /// When it is past its lifetime (None: no limit).
+    retire_at: Option<Instant>,
     cut: Option<Cut>,
     waker: Option<Waker>,
     /// Bytes relayed so far, to the backend and to the client: known however the relay ends.
@@ -55,12 +63,28 @@ impl IdleTimer {
     /// Registers a connection that is closed after `timeout` without a byte; it is idle from now
     /// on until touched. Starts the sweeper on first use (it must run inside the runtime).
     pub fn register(self: &Rc<Self>, timeout: Duration) -> IdleGuard {
-        if timeout < self.shortest.get() {
-            self.shortest.set(timeout);
+        self.register_with_lifetime(timeout, None)
+    }
+
+    /// Like [`IdleTimer::register`], and closed cleanly once older than `lifetime` and quiet for
+    /// [`LIFETIME_QUIET`].
+    pub fn register_with_lifetime(
+        self: &Rc<Self>,
+        timeout: Duration,
+        lifetime: Option<Duration>,
+    ) -> IdleGuard {
+        let shortest = match lifetime {
+            Some(_) => timeout.min(LIFETIME_QUIET),
+            None => timeout,
+        };
+        if shortest < self.shortest.get() {
+            self.shortest.set(shortest);
         }
+        let now = Instant::now();
         let key = self.entries.borrow_mut().insert(Entry {
             timeout,
-            last: Instant::now(),
+            retire_at: lifetime.map(|l| now + l),
+            last: now,
             cut: None,
             waker: None,
             to_backend: 0,
@@ -102,8 +126,15 @@ async fn sweep(timer: Rc<IdleTimer>) {
         let now = Instant::now();
         let mut due = Vec::new();
         for (_, e) in timer.entries.borrow_mut().iter_mut() {
-            if e.cut.is_none() && now.duration_since(e.last) >= e.timeout {
+            if e.cut.is_some() {
+                continue;
+            }
+            let quiet = now.duration_since(e.last);
+            if quiet >= e.timeout {
                 e.cut = Some(Cut::Idle);
+                due.extend(e.waker.take());
+            } else if e.retire_at.is_some_and(|t| now >= t) && quiet >= LIFETIME_QUIET {
+                e.cut = Some(Cut::Lifetime);
                 due.extend(e.waker.take());
             }
         }

@@ -47,6 +47,23 @@ pub struct UntilIdle<'a, A, B> {
     fds: [RawFd; 2],
 }
 
+/// TCP keepalive on `fd` (probes after `idle`, every `interval`, `count` of them).
+pub fn set_keepalive(
+    fd: RawFd,
+    idle: std::time::Duration,
+    interval: std::time::Duration,
+    count: u32,
+) {
+    // SAFETY: the socket belongs to the caller and outlives this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(count);
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
 /// Makes the close of `fd` a reset (`SO_LINGER {1, 0}`) instead of a FIN.
 pub fn abort_on_close(fd: RawFd) {
     let linger = libc::linger {
@@ -85,8 +102,11 @@ where
                 }),
                 Err(Cut::Idle) => Err(RelayError::Idle),
                 Err(Cut::Shutdown) => Err(RelayError::Shutdown),
+                Err(Cut::Lifetime) => Err(RelayError::Lifetime),
             };
-            if r.is_err() {
+            if r.as_ref()
+                .is_err_and(|e| !matches!(e, RelayError::Lifetime))
+            {
                 // Set before the sockets close (when this future's halves are dropped).
                 fds.iter().copied().for_each(abort_on_close);
             }

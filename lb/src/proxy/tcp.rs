@@ -35,6 +35,9 @@ pub enum RelayError {
     Idle,
     #[error("cut at the shutdown deadline")]
     Shutdown,
+    /// Past its maximum lifetime and quiet: closed cleanly, not reset.
+    #[error("past its maximum lifetime")]
+    Lifetime,
 }
 
 impl RelayError {

@@ -8,10 +8,10 @@ use monoio::net::TcpStream;
 
 use crate::balance::{key_from_bytes, key_from_ip};
 use crate::config::{KeySource, RelayMode};
-use crate::proxy::abort_on_close;
 use crate::proxy::http::peek_key;
 use crate::proxy::readiness;
 use crate::proxy::tcp;
+use crate::proxy::{abort_on_close, set_keepalive};
 
 use super::Core;
 use crate::shared::routing::{listener_counter, service_counter};
@@ -100,7 +100,13 @@ pub(super) async fn handle(
         }
         replayed = len;
     }
-    let idle = core.idle.register(cfg.timeouts.idle);
+    if let Some(ka) = cfg.timeouts.keepalive {
+        set_keepalive(client.as_raw_fd(), ka.idle, ka.interval, ka.count);
+        set_keepalive(backend.as_raw_fd(), ka.idle, ka.interval, ka.count);
+    }
+    let idle = core
+        .idle
+        .register_with_lifetime(cfg.timeouts.idle, cfg.timeouts.max_lifetime);
     let result = match relay_cfg.mode {
         // Boxed: each mode's future is allocated at its own size instead of the connection
         // carrying the larger of the two.
