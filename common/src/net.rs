@@ -105,6 +105,39 @@ pub fn retry_in_use<T>(
     }
 }
 
+/// Accepts one connection with `accept4(SOCK_CLOEXEC)`, non-blocking when the driver wants it
+/// (epoll), blocking otherwise (io_uring works best so). Not monoio's own accept: its io_uring
+/// op sets no flags, so its sockets lack close-on-exec and leak into every process lb starts (a
+/// replica started during an admin request held that request's connection open, and its client
+/// waited for an end that never came).
+pub fn accept_cloexec(
+    fd: std::os::fd::RawFd,
+) -> io::Result<(std::os::fd::OwnedFd, socket2::SockAddr)> {
+    use std::os::fd::FromRawFd;
+    let mut flags = libc::SOCK_CLOEXEC;
+    if IoDriver::wants_nonblocking() {
+        flags |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: accept4 fills at most `len` bytes of the storage we own; the fd it returns is ours.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let s = libc::accept4(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        );
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((
+            std::os::fd::OwnedFd::from_raw_fd(s),
+            socket2::SockAddr::new(storage, len),
+        ))
+    }
+}
+
 /// Converts a std listener into a monoio one. Must run inside the worker's runtime.
 pub fn monoio_listener(l: StdListener) -> io::Result<monoio::net::TcpListener> {
     l.set_nonblocking(IoDriver::wants_nonblocking())?;

@@ -39,9 +39,7 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
     // Before any thread starts: signals go to one thread that turns them into actions.
     let started = Arc::new(OnceLock::<Arc<Shared>>::new());
     spawn_signal_thread(started.clone(), opts.overrides.clone())?;
-    if !config.replicas.is_empty() {
-        start_replicas(&config, started.clone()).map_err(anyhow::Error::msg)?;
-    }
+    let replicas = start_replicas(&config, started.clone()).map_err(anyhow::Error::msg)?;
     let port = config.listen().port();
     let (mut taken, admin, takeover) = if opts.takeover {
         if !config.replicas.is_empty() {
@@ -145,7 +143,7 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
         .zip(sockets.into_iter().map(|(_, _, socks)| socks))
         .collect();
     let accept_loops: usize = sockets.iter().map(|(_, s)| s.len()).sum();
-    control::start(shared.clone(), admin, admin_unix)?;
+    control::start(shared.clone(), admin, admin_unix, replicas)?;
     let _ = started.set(shared.clone());
     match takeover {
         Some((t, path)) => {
@@ -308,7 +306,13 @@ fn spawn_signal_thread(
 }
 
 /// The built-in default: start local `backend` replicas and wait (bounded) until they listen.
-fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Result<(), String> {
+/// The local replicas: those configured (the built-in default when no backend is configured, or
+/// `replicas.command`'s), started now and waited for (bounded) until they listen; and the
+/// supervisor that also starts the seed API's `POST /add` replicas later.
+fn start_replicas(
+    config: &Config,
+    started: Arc<OnceLock<Arc<Shared>>>,
+) -> Result<Arc<replicas::Supervisor>, String> {
     // A port already served would leave the replica failing to start while lb sends its clients
     // to whatever listens there. The replicas of an lb that just stopped may still be exiting.
     for r in &config.replicas.specs {
@@ -317,8 +321,14 @@ fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Resul
         })?;
     }
     let program = match &config.replicas.command {
-        Some(argv) => replicas::Program::Command(argv.clone()),
-        None => replicas::Program::Backend(replicas::backend_binary()?),
+        Some(argv) => Some(replicas::Program::Command(argv.clone())),
+        // Needed now for configured replicas; otherwise only if /add asks for one.
+        None if !config.replicas.is_empty() => {
+            Some(replicas::Program::Backend(replicas::backend_binary()?))
+        }
+        None => replicas::backend_binary()
+            .ok()
+            .map(replicas::Program::Backend),
     };
     let serving = started.clone();
     let stopping: replicas::StopProbe =
@@ -336,10 +346,12 @@ fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Resul
             })
         })
     });
-    tracing::info!(
-        count = config.replicas.len(),
-        "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
-    );
+    if !config.replicas.is_empty() {
+        tracing::info!(
+            count = config.replicas.len(),
+            "starting local backend replicas (declared with replicas.command, or the default when no backend is configured)"
+        );
+    }
     // A restarted replica that listens again is fresh: every core stops skipping it at once.
     let serving = started.clone();
     let back: replicas::BackHook = Arc::new(move |id: &str| {
@@ -349,7 +361,7 @@ fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Resul
             }
         }
     });
-    replicas::start(program, config.replicas.specs.clone(), down, stopping, back)
+    let sup = replicas::start(program, config.replicas.specs.clone(), down, stopping, back)
         .map_err(|e| format!("cannot start local replicas: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     for r in &config.replicas.specs {
@@ -361,5 +373,5 @@ fn start_replicas(config: &Config, started: Arc<OnceLock<Arc<Shared>>>) -> Resul
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    Ok(())
+    Ok(sup)
 }

@@ -178,3 +178,76 @@ fn a_declared_replica_that_fails_its_checks_is_restarted_and_rejoins() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The seed 003 API: `GET /rep`, `POST /add`, `DELETE /rm` with the seed's JSON shapes.
+#[test]
+fn the_seed_replica_api_lists_adds_and_removes_replicas_that_serve() {
+    let base = free_port_run(3);
+    let toml = format!("[health]\ncheck = \"none\"\n[replicas]\ncount = 3\nbase_port = {base}\n");
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let adm = lb.admin.unwrap();
+    let call = |m: &str, p: &str, body: &str| {
+        let (code, body) = admin_call(adm, None, m, p, body);
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let (code, v) = call("GET", "/rep", "");
+    assert_eq!(code, 200);
+    assert_eq!(
+        v,
+        serde_json::json!({"message": {"N": 3, "replicas": ["s1", "s2", "s3"]}, "status": "successful"})
+    );
+    let t = Instant::now();
+    let (code, v) = call("POST", "/add", "{\"n\": 2, \"hostnames\": [\"web4\"]}");
+    // The answer must come as soon as the replicas listen: before close-on-exec was set on
+    // admin connections, the new replica inherited this one and the client waited 15 s.
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "/add answered after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["message"]["N"], 5, "{v}");
+    assert_eq!(
+        v["message"]["replicas"],
+        serde_json::json!(["s1", "s2", "s3", "web4", "s4"])
+    );
+    assert_eq!(children_of(lb.child.id()).len(), 5);
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < 5 {
+        if let Ok(id) = request_id(lb.addr, None, "") {
+            seen.insert(id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new replicas never served: {seen:?}"
+        );
+    }
+    assert!(seen.contains("web4") && seen.contains("s4"), "{seen:?}");
+    let (code, v) = call(
+        "DELETE",
+        "/rm",
+        "{\"n\": 3, \"hostnames\": [\"web4\", \"s4\", \"s1\"]}",
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["message"]["replicas"], serde_json::json!(["s2", "s3"]));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while children_of(lb.child.id()).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the removed replicas' processes still run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..6 {
+        let id = request_id(lb.addr, None, "").unwrap();
+        assert!(id == "s2" || id == "s3", "{id}");
+    }
+    let (code, v) = call("POST", "/add", "{\"n\": 1, \"hostnames\": [\"a\", \"b\"]}");
+    assert_eq!(code, 400);
+    assert_eq!(v["status"], "failure");
+    assert!(v["message"].as_str().unwrap().starts_with("<Error>"), "{v}");
+}

@@ -23,20 +23,23 @@ pub fn start(
     shared: Arc<Shared>,
     admin: Option<StdListener>,
     admin_unix: Option<StdUnixListener>,
+    replicas: Arc<replicas::Supervisor>,
 ) -> std::io::Result<()> {
     discovery::start(shared.clone())?;
     std::thread::Builder::new()
         .name("lb-control".into())
         .spawn(move || {
             lb_common::runtime::block_on(|| async move {
-                let slots = Rc::new(admin::Slots::default());
+                let ctx = Rc::new(admin::Ctx {
+                    shared: shared.clone(),
+                    replicas,
+                    slots: Default::default(),
+                });
                 if let Some(l) = admin {
-                    let (s, slots) = (shared.clone(), slots.clone());
-                    lb_common::task::spawn_guarded("admin", admin::serve_tcp(l, s, slots));
+                    lb_common::task::spawn_guarded("admin", admin::serve_tcp(l, ctx.clone()));
                 }
                 if let Some(l) = admin_unix {
-                    let (s, slots) = (shared.clone(), slots.clone());
-                    lb_common::task::spawn_guarded("admin-unix", admin::serve_unix(l, s, slots));
+                    lb_common::task::spawn_guarded("admin-unix", admin::serve_unix(l, ctx.clone()));
                 }
                 health::run(shared).await;
                 // Health checks off: keep the admin task alive for the life of the process.

@@ -64,20 +64,31 @@ struct Replica {
     announce: bool,
 }
 
-/// Starts the replicas and a thread that restarts any that exits. Children get SIGTERM when
-/// `lb` dies (PR_SET_PDEATHSIG), so none is left behind.
-pub fn start(
-    program: Program,
-    specs: Vec<ReplicaSpec>,
-    down: DownProbe,
-    stopping: StopProbe,
-    back: BackHook,
-) -> std::io::Result<()> {
-    let mut replicas = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let child = spawn(&program, &spec)?;
+/// The local replicas lb runs: those it started with, and those the seed API's `POST /add`
+/// starts later (and `DELETE /rm` stops).
+pub struct Supervisor {
+    /// What to run; None when there is nothing to run (no `backend` binary beside lb and no
+    /// `replicas.command`): then only the configured replicas (none) exist.
+    program: Option<Program>,
+    replicas: std::sync::Mutex<Vec<Replica>>,
+}
+
+impl Supervisor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Replica>> {
+        self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts one more replica; it is supervised like the others from now on.
+    pub fn add(&self, spec: ReplicaSpec) -> std::io::Result<()> {
+        let program = self.program.as_ref().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no `backend` binary beside lb and no replicas.command: lb cannot start replicas",
+            )
+        })?;
+        let child = spawn(program, &spec)?;
         tracing::info!(id = %spec.id, addr = %spec.addr, pid = child.id(), "started local backend replica");
-        replicas.push(Replica {
+        self.lock().push(Replica {
             spec,
             child: Some(child),
             started: Instant::now(),
@@ -85,11 +96,67 @@ pub fn start(
             restart_at: None,
             announce: false,
         });
+        Ok(())
     }
+
+    /// Stops the replica `id` (SIGTERM, and SIGKILL if it has not exited 5 s later, on a thread
+    /// of its own so that the caller never waits); false if lb runs none of that name.
+    pub fn remove(&self, id: &str) -> bool {
+        let r = {
+            let mut all = self.lock();
+            match all.iter().position(|r| r.spec.id == id) {
+                Some(i) => all.remove(i),
+                None => return false,
+            }
+        };
+        if let Some(mut child) = r.child {
+            // SAFETY: kill(2) of a child this process started.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let id = id.to_string();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::info!(id, "stopped local backend replica");
+            });
+        }
+        true
+    }
+
+    /// The replicas' ids and addresses, in the order they were started.
+    pub fn specs(&self) -> Vec<ReplicaSpec> {
+        self.lock().iter().map(|r| r.spec.clone()).collect()
+    }
+
+    pub fn can_start(&self) -> bool {
+        self.program.is_some()
+    }
+}
+
+/// Starts the replicas and a thread that restarts any that exits. Children get SIGTERM when
+/// `lb` dies (PR_SET_PDEATHSIG), so none is left behind.
+pub fn start(
+    program: Option<Program>,
+    specs: Vec<ReplicaSpec>,
+    down: DownProbe,
+    stopping: StopProbe,
+    back: BackHook,
+) -> std::io::Result<std::sync::Arc<Supervisor>> {
+    let sup = std::sync::Arc::new(Supervisor {
+        program,
+        replicas: std::sync::Mutex::new(Vec::new()),
+    });
+    for spec in specs {
+        sup.add(spec)?;
+    }
+    let s = sup.clone();
     std::thread::Builder::new()
         .name("lb-replicas".into())
-        .spawn(move || supervise(program, replicas, down, stopping, back))?;
-    Ok(())
+        .spawn(move || supervise(s, down, stopping, back))?;
+    Ok(sup)
 }
 
 fn spawn(program: &Program, spec: &ReplicaSpec) -> std::io::Result<Child> {
@@ -131,21 +198,24 @@ fn spawn(program: &Program, spec: &ReplicaSpec) -> std::io::Result<Child> {
 }
 
 fn supervise(
-    program: Program,
-    mut replicas: Vec<Replica>,
+    sup: std::sync::Arc<Supervisor>,
     down: DownProbe,
     stopping: StopProbe,
     back: BackHook,
 ) {
     loop {
-        let announcing = replicas.iter().any(|r| r.announce);
+        let announcing = sup.lock().iter().any(|r| r.announce);
         std::thread::sleep(if announcing { ANNOUNCE_POLL } else { POLL });
         if stopping() {
             // Shutting down (a signal may have reached the replicas too): no restarts.
             continue;
         }
+        let Some(program) = &sup.program else {
+            continue;
+        };
         let now = Instant::now();
-        for r in &mut replicas {
+        let mut replicas = sup.lock();
+        for r in replicas.iter_mut() {
             if r.announce && r.child.is_some() {
                 // The cores may still be skipping it after the refused connects of its death
                 // (passive ejection, up to seconds): tell them as soon as it listens.
@@ -186,7 +256,7 @@ fn supervise(
                 }
             }
             if r.child.is_none() && r.restart_at.is_some_and(|t| now >= t) {
-                match spawn(&program, &r.spec) {
+                match spawn(program, &r.spec) {
                     Ok(child) => {
                         tracing::info!(id = %r.spec.id, addr = %r.spec.addr, pid = child.id(), "restarted local backend replica");
                         r.child = Some(child);

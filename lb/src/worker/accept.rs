@@ -2,14 +2,13 @@
 //! grow under a burst; each accepted connection becomes a task on this core.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lb_common::logging::RateLimited;
-use lb_common::runtime::IoDriver;
 use lb_common::task::spawn_guarded;
 use monoio::net::TcpStream;
 
@@ -121,30 +120,11 @@ pub(super) async fn accept_loop(socket: std::net::TcpListener, lst: Arc<Listener
 }
 
 fn accept(fd: RawFd) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
-    let mut flags = libc::SOCK_CLOEXEC;
-    // io_uring works best with blocking sockets; epoll needs non-blocking ones.
-    if IoDriver::wants_nonblocking() {
-        flags |= libc::SOCK_NONBLOCK;
-    }
-    // SAFETY: accept4 fills at most `len` bytes of the storage we own.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let s = libc::accept4(
-            fd,
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-            flags,
-        );
-        if s < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = std::net::TcpStream::from_raw_fd(s);
-        let peer = socket2::SockAddr::new(storage, len)
-            .as_socket()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        Ok((stream, peer))
-    }
+    let (owned, peer) = lb_common::net::accept_cloexec(fd)?;
+    let peer = peer
+        .as_socket()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    Ok((std::net::TcpStream::from(owned), peer))
 }
 
 #[cfg(test)]

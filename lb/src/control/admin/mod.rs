@@ -11,6 +11,7 @@ pub mod guard;
 pub mod metrics;
 pub mod request;
 pub mod routes;
+pub mod seed;
 pub mod stats;
 
 use std::cell::Cell;
@@ -31,6 +32,14 @@ use routes::Response;
 
 /// How long a hostname in `POST /lb/backends` may take to resolve.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// What every admin connection works with.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    /// lb's local replicas, for the seed API's /add and /rm.
+    pub replicas: Arc<crate::control::replicas::Supervisor>,
+    pub slots: Slots,
+}
+
 /// Connections being served, over both listeners.
 #[derive(Default)]
 pub struct Slots {
@@ -62,8 +71,10 @@ impl Slots {
 }
 
 /// Serves the TCP admin listener until the process ends.
-pub async fn serve_tcp(listener: StdListener, shared: Arc<Shared>, slots: Rc<Slots>) {
-    let _ = listener.set_nonblocking(lb_common::runtime::IoDriver::wants_nonblocking());
+pub async fn serve_tcp(listener: StdListener, ctx: Rc<Ctx>) {
+    let (shared, slots) = (&ctx.shared, &ctx.slots);
+    // Non-blocking: readiness, then accept4, which must never wait.
+    let _ = listener.set_nonblocking(true);
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -72,10 +83,19 @@ pub async fn serve_tcp(listener: StdListener, shared: Arc<Shared>, slots: Rc<Slo
         }
     };
     let max = shared.config.admin.max_connections;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     loop {
         slots.wait_for_room(max).await;
-        match listener.accept().await {
-            Ok((stream, _)) => spawn(stream, Via::Tcp, &shared, &slots),
+        if let Err(e) = listener.readable(false).await {
+            tracing::warn!(error = %e, "admin listener failed");
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        match accept(fd, |o| {
+            monoio::net::TcpStream::from_std(std::net::TcpStream::from(o))
+        }) {
+            Ok(None) => continue,
+            Ok(Some(stream)) => spawn(stream, Via::Tcp, &ctx),
             Err(e) => {
                 slots.warn(
                     |suppressed| tracing::warn!(error = %e, suppressed, "admin accept failed"),
@@ -88,8 +108,9 @@ pub async fn serve_tcp(listener: StdListener, shared: Arc<Shared>, slots: Rc<Slo
 
 /// Serves the Unix-socket admin listener until the process ends. Only lb's own user (or root)
 /// may use it: the socket file is 0600, and each peer's uid is checked too.
-pub async fn serve_unix(listener: StdUnixListener, shared: Arc<Shared>, slots: Rc<Slots>) {
-    let _ = listener.set_nonblocking(lb_common::runtime::IoDriver::wants_nonblocking());
+pub async fn serve_unix(listener: StdUnixListener, ctx: Rc<Ctx>) {
+    let (shared, slots) = (&ctx.shared, &ctx.slots);
+    let _ = listener.set_nonblocking(true);
     let listener = match monoio::net::UnixListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -100,11 +121,21 @@ pub async fn serve_unix(listener: StdUnixListener, shared: Arc<Shared>, slots: R
     let max = shared.config.admin.max_connections;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     loop {
         slots.wait_for_room(max).await;
-        match listener.accept().await {
-            Ok((stream, _)) => match stream.peer_cred() {
-                Ok(c) if c.uid() == me || c.uid() == 0 => spawn(stream, Via::Unix, &shared, &slots),
+        if let Err(e) = listener.readable(false).await {
+            tracing::warn!(error = %e, "admin Unix socket failed");
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let accepted = accept(fd, |o| {
+            monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(o))
+        });
+        match accepted {
+            Ok(None) => continue,
+            Ok(Some(stream)) => match stream.peer_cred() {
+                Ok(c) if c.uid() == me || c.uid() == 0 => spawn(stream, Via::Unix, &ctx),
                 Ok(c) => {
                     slots.warn(|suppressed| {
                         tracing::warn!(
@@ -128,28 +159,37 @@ pub async fn serve_unix(listener: StdUnixListener, shared: Arc<Shared>, slots: R
     }
 }
 
-fn spawn<S>(stream: S, via: Via, shared: &Arc<Shared>, slots: &Rc<Slots>)
+/// One connection with close-on-exec set (see `lb_common::net::accept_cloexec`), as `wrap`
+/// makes it; None when the queue is empty after all.
+fn accept<S>(
+    fd: std::os::fd::RawFd,
+    wrap: impl FnOnce(std::os::fd::OwnedFd) -> std::io::Result<S>,
+) -> std::io::Result<Option<S>> {
+    match lb_common::net::accept_cloexec(fd) {
+        Ok((owned, _)) => wrap(owned).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn spawn<S>(stream: S, via: Via, ctx: &Rc<Ctx>)
 where
     S: AsyncReadRent + AsyncWriteRent + 'static,
 {
-    slots.open.set(slots.open.get() + 1);
-    let (shared, slots) = (shared.clone(), slots.clone());
+    ctx.slots.open.set(ctx.slots.open.get() + 1);
+    let ctx = ctx.clone();
     lb_common::task::spawn_guarded("admin-connection", async move {
-        let deadline = shared.config.admin.request_timeout;
-        let _ = monoio::time::timeout(deadline, connection(stream, via, &shared)).await;
-        slots.open.set(slots.open.get() - 1);
+        let deadline = ctx.shared.config.admin.request_timeout;
+        let _ = monoio::time::timeout(deadline, connection(stream, via, &ctx)).await;
+        ctx.slots.open.set(ctx.slots.open.get() - 1);
     });
 }
 
 /// One request, one answer, then close. The caller bounds the whole of it.
-async fn connection<S: AsyncReadRent + AsyncWriteRent>(
-    mut stream: S,
-    via: Via,
-    shared: &Arc<Shared>,
-) {
+async fn connection<S: AsyncReadRent + AsyncWriteRent>(mut stream: S, via: Via, ctx: &Ctx) {
     let response = match read_request(&mut stream).await {
-        Ok(Some(req)) => match guard::check(&req, via, &shared.config.admin) {
-            Ok(()) => handle(&req, shared).await,
+        Ok(Some(req)) => match guard::check(&req, via, &ctx.shared.config.admin) {
+            Ok(()) => handle(&req, ctx).await,
             Err(r) => Response::error(r.status, r.message),
         },
         Ok(None) => return,
@@ -195,8 +235,12 @@ async fn read_request<S: AsyncReadRent>(stream: &mut S) -> Result<Option<Request
     }
 }
 
-async fn handle(req: &Request, shared: &Arc<Shared>) -> Response {
+async fn handle(req: &Request, ctx: &Ctx) -> Response {
+    let shared = &ctx.shared;
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    if let Some(r) = seed::handle(req, ctx).await {
+        return r;
+    }
     let svc = match routes::backend_scope(shared, &segs) {
         Some(Ok((svc, []))) if req.method == "POST" => svc,
         _ => return routes::route(req, shared),
