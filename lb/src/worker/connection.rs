@@ -10,6 +10,7 @@ use crate::balance::{key_from_bytes, key_from_ip};
 use crate::config::{KeySource, RelayMode};
 use crate::proxy::abort_on_close;
 use crate::proxy::http::peek_key;
+use crate::proxy::prefix::Prefix;
 use crate::proxy::readiness;
 use crate::proxy::tcp;
 
@@ -26,28 +27,23 @@ pub(super) async fn handle(mut client: TcpStream, peer: SocketAddr, core: &Core)
             KeySource::ClientIp => Some(key_from_ip(&cfg.hash, peer.ip())),
             // Boxed, like the connect below: short-lived states kept out of the connection's
             // long-lived future, which every idle connection pays for.
-            KeySource::Head(source) => match Box::pin(peek_key(
-                &mut client,
-                source,
-                cfg.relay.max_head,
-                cfg.timeouts.peek,
-                &core.peeks,
-            ))
-            .await
-            {
-                Ok(p) => {
-                    let key = p.key_bytes().map(|k| key_from_bytes(&cfg.hash, k));
-                    replay = Some(p.bytes);
-                    key
-                }
-                Err(e) => {
-                    if e.kind() == std::io::ErrorKind::OutOfMemory {
-                        core.shared.cores.peek_refused(core.index);
+            KeySource::Head(source) => {
+                let mut prefix = Prefix::new(&core.peeks, cfg.relay.max_head, cfg.timeouts.peek);
+                match Box::pin(peek_key(&mut prefix, &mut client, source)).await {
+                    Ok(key) => {
+                        let key = key.map(|r| key_from_bytes(&cfg.hash, &prefix.data()[r]));
+                        replay = Some(prefix.into_bytes());
+                        key
                     }
-                    tracing::debug!(%peer, error = %e, "closing client before choosing a backend");
-                    return;
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::OutOfMemory {
+                            core.shared.cores.peek_refused(core.index);
+                        }
+                        tracing::debug!(%peer, error = %e, "closing client before choosing a backend");
+                        return;
+                    }
                 }
-            },
+            }
         }
     };
     let (mut backend, active) = match Box::pin(core.upstream.connect(key)).await {
