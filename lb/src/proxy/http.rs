@@ -279,6 +279,39 @@ mod tests {
     }
 
     #[test]
+    fn peek_key_reads_the_head_after_a_proxy_header_from_the_same_prefix() {
+        use super::super::budget::PeekBudget;
+        use super::super::golden;
+        use super::super::proxy_header::{read_proxy_header, Accept};
+        use super::super::testing::{client_sending, join};
+        use std::time::Duration;
+        lb_common::runtime::block_on(|| async {
+            let budget = PeekBudget::new(1 << 20);
+            let src = HeadKey::Header("Host".into());
+            // nginx's header and the request in one segment, then byte by byte.
+            let sent = golden::bytes(golden::NGINX_V1_TCP4);
+            for chunks in [
+                vec![sent.clone()],
+                sent.chunks(1).map(<[u8]>::to_vec).collect(),
+            ] {
+                let (mut s, c) = client_sending(chunks, false).await;
+                let mut p = Prefix::new(&budget, 4096, Duration::from_secs(5));
+                let h = read_proxy_header(&mut p, &mut s, Accept::V1).await.unwrap();
+                assert_eq!(h.source(), Some("127.0.0.1:53892".parse().unwrap()));
+                let key = peek_key(&mut p, &mut s, &src).await.unwrap().unwrap();
+                assert_eq!(&p.data()[key], b"golden");
+                assert_eq!(
+                    p.into_bytes(),
+                    golden::REQUEST,
+                    "the head to replay, no header"
+                );
+                drop(s);
+                join(c).await;
+            }
+        });
+    }
+
+    #[test]
     fn partial_and_non_http_heads_are_told_apart() {
         let src = HeadKey::Cookie("s".into());
         assert!(matches!(

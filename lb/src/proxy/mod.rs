@@ -1,5 +1,6 @@
-//! Byte movers that know nothing of backends: the two L4 relays, idle timeouts, and the head
-//! peeks (the HTTP head for cookie and header hashing), into a connection's [`prefix::Prefix`].
+//! Byte movers that know nothing of backends: the two L4 relays, idle timeouts, and the peeks at
+//! what a connection sends first, all into one [`prefix::Prefix`]: a PROXY header
+//! ([`proxy_header`]), an HTTP head for cookie and header hashing ([`http`]).
 
 pub mod budget;
 pub mod halves;
@@ -7,8 +8,12 @@ pub mod http;
 pub mod idle;
 pub mod join;
 pub mod prefix;
+pub mod proxy_header;
 pub mod readiness;
 pub mod tcp;
+
+#[cfg(test)]
+mod golden;
 
 use std::future::Future;
 use std::os::fd::RawFd;
@@ -140,5 +145,26 @@ pub(crate) mod testing {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
         client.join().unwrap();
+    }
+
+    /// A seeded xorshift64: reproducible random inputs without a crate.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Uniform enough in `0..n` (`n` > 0).
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| (self.next() >> 24) as u8).collect()
+        }
     }
 }
