@@ -1,6 +1,7 @@
 //! Byte movers that know nothing of backends: the two L4 relays, idle timeouts, and the peeks at
 //! what a connection sends first, all into one [`prefix::Prefix`]: a PROXY header
-//! ([`proxy_header`]), an HTTP head for cookie and header hashing ([`http`]).
+//! ([`proxy_header`]), a TLS ClientHello's server name ([`tls`]), an HTTP head for cookie and
+//! header hashing ([`http`]).
 
 pub mod budget;
 pub mod halves;
@@ -11,6 +12,7 @@ pub mod prefix;
 pub mod proxy_header;
 pub mod readiness;
 pub mod tcp;
+pub mod tls;
 
 #[cfg(test)]
 mod golden;
