@@ -1,13 +1,12 @@
 //! Peeks the first HTTP request head to take a hashing key (cookie or header), without consuming
-//! it: the peeked bytes are replayed to the backend before the relay starts.
+//! it: the head stays in the connection's [`Prefix`], which is replayed to the backend before the
+//! relay starts.
 
-use std::time::Duration;
+use std::ops::Range;
 
-use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
 use monoio::net::TcpStream;
 
-use super::budget::PeekBudget;
+use super::prefix::{Prefix, PrefixError};
 
 /// Which part of the request head keys the hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,78 +17,31 @@ pub enum HeadKey {
     Header(String),
 }
 
-/// What the peek produced: the bytes read so far (to replay) and the key value, if found.
-pub struct Peeked {
-    pub bytes: Vec<u8>,
-    pub key: Option<std::ops::Range<usize>>,
-}
-
-impl Peeked {
-    pub fn key_bytes(&self) -> Option<&[u8]> {
-        self.key.clone().map(|r| &self.bytes[r])
-    }
-}
-
-/// Reads until a complete request head, `max_head` bytes, EOF or `timeout`, whichever is first.
-/// A client that is not speaking HTTP, or whose head lacks the key, still gets proxied: the caller
-/// falls back to a keyless choice.
-/// The memory it holds counts against the core's `budget`: a client whose head would take more
-/// than is left is refused (an error).
+/// Reads into `prefix` until it holds a complete request head, is full, or the client closes;
+/// returns where the key's value is in `prefix.data()`, if the head has it. The prefix may
+/// already hold bytes (what followed a PROXY header): they are the start of the head.
+///
+/// A client that is not speaking HTTP, whose head is longer than the prefix's limit, or whose
+/// head lacks the key, still gets proxied: the caller falls back to a keyless choice. The
+/// prefix's deadline and the core's budget are errors ([`PrefixError`]): such a client is not
+/// served.
 pub async fn peek_key(
+    prefix: &mut Prefix<'_>,
     client: &mut TcpStream,
     source: &HeadKey,
-    max_head: usize,
-    timeout: Duration,
-    budget: &PeekBudget,
-) -> std::io::Result<Peeked> {
-    let mut lease = budget.lease();
-    let refused = || {
-        std::io::Error::new(
-            std::io::ErrorKind::OutOfMemory,
-            "the core's peek memory (relay.peek_memory) is in use by other clients' heads",
-        )
-    };
-    let first = 1024.min(max_head);
-    if !lease.hold(first) {
-        return Err(refused());
-    }
-    let mut bytes: Vec<u8> = Vec::with_capacity(first);
-    let deadline = monoio::time::Instant::now() + timeout;
+) -> std::io::Result<Option<Range<usize>>> {
     let mut scan = HeadScan::default();
     loop {
-        if bytes.len() >= max_head {
-            return Ok(Peeked { bytes, key: None });
-        }
-        match scan.feed(&bytes, source) {
-            HeadState::Complete(key) => return Ok(Peeked { bytes, key }),
-            HeadState::NotHttp => return Ok(Peeked { bytes, key: None }),
+        match scan.feed(prefix.data(), source) {
+            HeadState::Complete(key) => return Ok(key),
+            HeadState::NotHttp => return Ok(None),
             HeadState::Partial => {}
         }
-        if bytes.capacity() == bytes.len() {
-            let more = bytes.len().min(max_head - bytes.len()).max(512);
-            if !lease.hold(bytes.len() + more) {
-                return Err(refused());
-            }
-            bytes.reserve_exact(more);
-        }
-        // monoio reads into a Vec from its start: read into the spare capacity instead.
-        let filled = bytes.len();
-        let read = monoio::time::timeout_at(deadline, client.read(bytes.slice_mut(filled..))).await;
-        match read {
-            Ok((res, slice)) => {
-                bytes = slice.into_inner();
-                if res? == 0 {
-                    return Ok(Peeked { bytes, key: None });
-                }
-            }
-            // A client that cannot send one request head in time is not served (as with
-            // nginx's client_header_timeout); the cancelled read took the buffer with it.
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "client sent no complete request head in time",
-                ))
-            }
+        match prefix.fill(client).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if matches!(PrefixError::of(&e), Some(PrefixError::Full(_))) => return Ok(None),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -136,7 +88,7 @@ impl HeadScan {
 }
 
 enum HeadState {
-    Complete(Option<std::ops::Range<usize>>),
+    Complete(Option<Range<usize>>),
     Partial,
     NotHttp,
 }
@@ -153,7 +105,7 @@ fn head_state(buf: &[u8], source: &HeadKey) -> HeadState {
     }
 }
 
-fn range_in(outer: &[u8], inner: &[u8]) -> std::ops::Range<usize> {
+fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
     let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
     start..start + inner.len()
 }
@@ -278,6 +230,85 @@ mod tests {
             scan.feed(b"GET / HTTP/1.1\nCookie: sid=z\n\n", &src),
             HeadState::Complete(Some(_))
         ));
+    }
+
+    #[test]
+    fn peek_key_on_a_prefix_finds_the_key_falls_back_or_fails_as_before() {
+        use super::super::budget::PeekBudget;
+        use super::super::testing::{client_sending, join};
+        use std::time::Duration;
+        lb_common::runtime::block_on(|| async {
+            let budget = PeekBudget::new(1 << 20);
+            let src = HeadKey::Cookie("sid".into());
+            // A head split across reads: the key, and the whole head left to replay.
+            let head = b"GET / HTTP/1.1\r\nCookie: a=1; sid=abc\r\n\r\n";
+            let (mut s, c) =
+                client_sending(vec![head[..20].to_vec(), head[20..].to_vec()], false).await;
+            let mut p = Prefix::new(&budget, 4096, Duration::from_secs(5));
+            let key = peek_key(&mut p, &mut s, &src).await.unwrap().unwrap();
+            assert_eq!(&p.data()[key], b"abc");
+            assert_eq!(p.into_bytes(), head);
+            drop(s);
+            join(c).await;
+            // A head longer than the prefix's limit: no key, its bytes kept for the replay.
+            let long = format!(
+                "GET / HTTP/1.1\r\nX-Pad: {}\r\nCookie: sid=1\r\n\r\n",
+                "a".repeat(3000)
+            );
+            let (mut s, c) = client_sending(vec![long.into_bytes()], false).await;
+            let mut p = Prefix::new(&budget, 2048, Duration::from_secs(5));
+            assert_eq!(peek_key(&mut p, &mut s, &src).await.unwrap(), None);
+            assert_eq!(p.len(), 2048);
+            drop((p, s));
+            join(c).await;
+            // Not HTTP: no key, at the first read.
+            let (mut s, c) = client_sending(vec![b"\x16\x03\x01\x02\x00".to_vec()], false).await;
+            let mut p = Prefix::new(&budget, 2048, Duration::from_secs(5));
+            assert_eq!(peek_key(&mut p, &mut s, &src).await.unwrap(), None);
+            assert_eq!(p.data(), b"\x16\x03\x01\x02\x00");
+            drop((p, s));
+            join(c).await;
+            // A client that stops halfway through its head: the deadline is an error.
+            let (mut s, c) = client_sending(vec![b"GET / HTTP/1.1\r\nCo".to_vec()], false).await;
+            let mut p = Prefix::new(&budget, 2048, Duration::from_millis(100));
+            let e = peek_key(&mut p, &mut s, &src).await.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+            drop(s);
+            join(c).await;
+        });
+    }
+
+    #[test]
+    fn peek_key_reads_the_head_after_a_proxy_header_from_the_same_prefix() {
+        use super::super::budget::PeekBudget;
+        use super::super::golden;
+        use super::super::proxy_header::{read_proxy_header, Accept};
+        use super::super::testing::{client_sending, join};
+        use std::time::Duration;
+        lb_common::runtime::block_on(|| async {
+            let budget = PeekBudget::new(1 << 20);
+            let src = HeadKey::Header("Host".into());
+            // nginx's header and the request in one segment, then byte by byte.
+            let sent = golden::bytes(golden::NGINX_V1_TCP4);
+            for chunks in [
+                vec![sent.clone()],
+                sent.chunks(1).map(<[u8]>::to_vec).collect(),
+            ] {
+                let (mut s, c) = client_sending(chunks, false).await;
+                let mut p = Prefix::new(&budget, 4096, Duration::from_secs(5));
+                let h = read_proxy_header(&mut p, &mut s, Accept::V1).await.unwrap();
+                assert_eq!(h.source(), Some("127.0.0.1:53892".parse().unwrap()));
+                let key = peek_key(&mut p, &mut s, &src).await.unwrap().unwrap();
+                assert_eq!(&p.data()[key], b"golden");
+                assert_eq!(
+                    p.into_bytes(),
+                    golden::REQUEST,
+                    "the head to replay, no header"
+                );
+                drop(s);
+                join(c).await;
+            }
+        });
     }
 
     #[test]

@@ -1,13 +1,21 @@
-//! Byte movers that know nothing of backends: the two L4 relays, idle timeouts, and the head
-//! peeks (the HTTP head for cookie and header hashing).
+//! Byte movers that know nothing of backends: the two L4 relays, idle timeouts, and the peeks at
+//! what a connection sends first, all into one [`prefix::Prefix`]: a PROXY header
+//! ([`proxy_header`]), a TLS ClientHello's server name ([`tls`]), an HTTP head for cookie and
+//! header hashing ([`http`]).
 
 pub mod budget;
 pub mod halves;
 pub mod http;
 pub mod idle;
 pub mod join;
+pub mod prefix;
+pub mod proxy_header;
 pub mod readiness;
 pub mod tcp;
+pub mod tls;
+
+#[cfg(test)]
+mod golden;
 
 use std::future::Future;
 use std::os::fd::RawFd;
@@ -112,5 +120,73 @@ where
             }
             r
         })
+    }
+}
+
+/// Test helpers shared by the peeks.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// The server side of a loopback connection whose client, on a thread of its own, writes
+    /// `chunks` one by one (a pause between them, so that they tend to arrive as separate reads)
+    /// and then closes (`close`) or waits (at most 10 s) for the server to close.
+    pub async fn client_sending(
+        chunks: Vec<Vec<u8>>,
+        close: bool,
+    ) -> (monoio::net::TcpStream, std::thread::JoinHandle<()>) {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            for chunk in chunks {
+                // The server may have closed early (a refused or invalid prefix): not an error.
+                if s.write_all(&chunk).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !close {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.read(&mut [0u8; 1]);
+            }
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        (stream, client)
+    }
+
+    /// Waits for a client thread without blocking the runtime: monoio closes a dropped socket
+    /// through the ring, so a blocking join would keep the client waiting for the close.
+    pub async fn join(client: std::thread::JoinHandle<()>) {
+        for _ in 0..2_000 {
+            if client.is_finished() {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        client.join().unwrap();
+    }
+
+    /// A seeded xorshift64: reproducible random inputs without a crate.
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Uniform enough in `0..n` (`n` > 0).
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| (self.next() >> 24) as u8).collect()
+        }
     }
 }

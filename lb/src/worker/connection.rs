@@ -1,21 +1,45 @@
-//! One client connection, from accept to close: key -> choose a backend -> replay any peeked
-//! head -> relay -> account.
+//! One client connection, from accept to close: the prefix (a PROXY header from a trusted
+//! balancer, a TLS ClientHello for SNI routing, an HTTP head for a cookie or header key) ->
+//! the service -> the key -> a backend -> the PROXY header out and the replayed prefix -> relay
+//! -> account.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use crate::balance::{key_from_bytes, key_from_ip};
-use crate::config::{KeySource, RelayMode};
+use crate::config::{AcceptProxy, KeySource, RelayMode, SendProxy};
 use crate::proxy::http::peek_key;
-use crate::proxy::readiness;
-use crate::proxy::tcp;
-use crate::proxy::{abort_on_close, set_keepalive};
-
-use super::Core;
+use crate::proxy::prefix::{Prefix, PrefixError};
+use crate::proxy::proxy_header::{self, Accept};
+use crate::proxy::tls::{self, peek_sni};
+use crate::proxy::{abort_on_close, readiness, set_keepalive, tcp};
 use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::Listener;
+
+use super::Core;
+
+/// Why a client was closed before a service was chosen, for the log.
+fn refuse(
+    core: &Core,
+    listener: &Listener,
+    peer: SocketAddr,
+    why: &str,
+    e: Option<&std::io::Error>,
+) {
+    listener
+        .counters
+        .add(core.index, listener_counter::REFUSED, 1);
+    if e.and_then(PrefixError::of) == Some(PrefixError::Refused) {
+        core.shared.cores.peek_refused(core.index);
+    }
+    core.refusals.warn(|suppressed| match e {
+        Some(e) => tracing::warn!(listener = %listener.name, %peer, error = %e, suppressed, "{why}; client closed"),
+        None => tracing::warn!(listener = %listener.name, %peer, suppressed, "{why}; client closed"),
+    });
+}
 
 pub(super) async fn handle(
     mut client: TcpStream,
@@ -24,57 +48,132 @@ pub(super) async fn handle(
     core: &Core,
 ) {
     let _ = client.set_nodelay(true);
-    let lcfg = listener.config.load();
-    let Some(name) = lcfg.route.service_for(None) else {
-        listener
-            .counters
-            .add(core.index, listener_counter::REFUSED, 1);
-        tracing::debug!(%peer, listener = %listener.name, "no service for this client; closing it");
-        return;
+    let lcfg = listener.config.load_full();
+    let top = &core.shared.config;
+    // Everything read before a backend is chosen lives in one bounded buffer, leased from the
+    // core's peek budget and read within the top-level `timeouts.peek_ms`.
+    let limit = top.relay.max_head.max(tls::MAX_HELLO) + proxy_header::V2_MAX;
+    let mut prefix = Prefix::new(&core.peeks, limit, top.timeouts.peek);
+
+    // A PROXY header, only from a trusted balancer; its source is the client from then on.
+    let mut client_addr = peer;
+    let mut destination = None;
+    if lcfg.accept_proxy != AcceptProxy::Off {
+        if !lcfg.trusted_proxies.contains(peer.ip()) {
+            return refuse(
+                core,
+                listener,
+                peer,
+                "PROXY header expected from an untrusted source",
+                None,
+            );
+        }
+        let accept = match lcfg.accept_proxy {
+            AcceptProxy::V1 => Accept::V1,
+            AcceptProxy::V2 => Accept::V2,
+            _ => Accept::Any,
+        };
+        // Boxed, like every short-lived state here: kept out of the connection's long-lived
+        // future, which every idle connection pays for.
+        match Box::pin(proxy_header::read_proxy_header(
+            &mut prefix,
+            &mut client,
+            accept,
+        ))
+        .await
+        {
+            // A LOCAL command (an upstream balancer's health check) carries no client.
+            Ok(h) => {
+                if let Some(src) = h.source() {
+                    client_addr = SocketAddr::new(src.ip().to_canonical(), src.port());
+                    destination = h.destination();
+                }
+            }
+            Err(e) => return refuse(core, listener, peer, "no valid PROXY header", Some(&e)),
+        }
+    }
+
+    // The service: the listener's, or chosen by the ClientHello's server name.
+    let mut sni = None;
+    let lcfg_reads_sni = lcfg.route.reads_sni();
+    if lcfg_reads_sni {
+        match Box::pin(peek_sni(&mut prefix, &mut client)).await {
+            Ok(s) => sni = s,
+            Err(e) => {
+                return refuse(
+                    core,
+                    listener,
+                    client_addr,
+                    "malformed TLS ClientHello",
+                    Some(&e),
+                )
+            }
+        }
+    }
+    let Some(name) = lcfg.route.service_for(sni.as_deref()) else {
+        return refuse(
+            core,
+            listener,
+            client_addr,
+            "no route for this server name and no default_service",
+            None,
+        );
     };
     let Some(svc) = core.service(name) else {
-        listener
-            .counters
-            .add(core.index, listener_counter::REFUSED, 1);
-        tracing::debug!(%peer, listener = %listener.name, service = name, "the listener's service is gone; closing the client");
-        return;
+        return refuse(
+            core,
+            listener,
+            client_addr,
+            "the listener's service is gone",
+            None,
+        );
     };
     drop(lcfg);
     let cfg = svc.service.config.load_full();
-    let relay_cfg = &core.shared.config.relay;
-    let mut replay = None;
+
+    // The key, for the hash algorithms.
     let key = if !cfg.algorithm.needs_key() {
         None
     } else {
         match &cfg.key {
-            KeySource::Sni => None,
-            KeySource::ClientIp => Some(key_from_ip(&cfg.hash, peer.ip())),
-            // Boxed, like the connect below: short-lived states kept out of the connection's
-            // long-lived future, which every idle connection pays for.
-            KeySource::Head(source) => match Box::pin(peek_key(
-                &mut client,
-                source,
-                relay_cfg.max_head,
-                cfg.timeouts.peek,
-                &core.peeks,
-            ))
-            .await
-            {
-                Ok(p) => {
-                    let key = p.key_bytes().map(|k| key_from_bytes(&cfg.hash, k));
-                    replay = Some(p.bytes);
-                    key
-                }
-                Err(e) => {
-                    if e.kind() == std::io::ErrorKind::OutOfMemory {
-                        core.shared.cores.peek_refused(core.index);
+            KeySource::ClientIp => Some(key_from_ip(&cfg.hash, client_addr.ip())),
+            KeySource::Sni => {
+                // Read already when the listener routes by it; else read it now.
+                if !lcfg_reads_sni {
+                    match Box::pin(peek_sni(&mut prefix, &mut client)).await {
+                        Ok(s) => sni = s,
+                        Err(e) => {
+                            return refuse(
+                                core,
+                                listener,
+                                client_addr,
+                                "malformed TLS ClientHello",
+                                Some(&e),
+                            )
+                        }
                     }
-                    tracing::debug!(%peer, error = %e, "closing client before choosing a backend");
-                    return;
                 }
-            },
+                sni.as_deref()
+                    .map(|s| key_from_bytes(&cfg.hash, s.as_bytes()))
+            }
+            KeySource::Head(source) => {
+                match Box::pin(peek_key(&mut prefix, &mut client, source)).await {
+                    Ok(range) => range.map(|r| key_from_bytes(&cfg.hash, &prefix.data()[r])),
+                    Err(e) => {
+                        return refuse(
+                            core,
+                            listener,
+                            client_addr,
+                            "no request head in time",
+                            Some(&e),
+                        )
+                    }
+                }
+            }
         }
     };
+    let replay = prefix.into_bytes();
+
     let (mut backend, active) = match Box::pin(svc.upstream.connect(key)).await {
         Ok(x) => x,
         Err(e) => {
@@ -82,23 +181,39 @@ pub(super) async fn handle(
             svc.service
                 .counters
                 .add(core.index, service_counter::NO_BACKEND, 1);
-            tracing::debug!(%peer, error = %e, "no backend for client; closing it");
+            tracing::debug!(%client_addr, service = %svc.service.name, error = %e, "no backend for client; closing it");
             return;
         }
     };
-    // The replayed head counts as relayed: it is the first bytes the backend gets.
-    let mut replayed = 0u64;
-    if let Some(bytes) = replay.filter(|b| !b.is_empty()) {
-        use monoio::io::AsyncWriteRentExt;
-        let len = bytes.len() as u64;
-        let (res, _) = Box::pin(backend.write_all(bytes)).await;
+    // First to the backend: the PROXY header (for this backend: a retry wrote none to the ones
+    // that failed, nothing having been sent), then what was read of the client so far.
+    let mut first = match cfg.send_proxy {
+        SendProxy::Off => Vec::new(),
+        out => {
+            let dst = destination
+                .or_else(|| client.local_addr().ok())
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            if out == SendProxy::V1 {
+                proxy_header::encode_v1(client_addr, dst)
+            } else {
+                proxy_header::encode_v2(client_addr, dst)
+            }
+        }
+    };
+    let replayed = replay.len() as u64;
+    if first.is_empty() {
+        first = replay;
+    } else {
+        first.extend_from_slice(&replay);
+    }
+    if !first.is_empty() {
+        let (res, _) = Box::pin(backend.write_all(first)).await;
         if let Err(e) = res {
-            tracing::debug!(%peer, error = %e, "backend failed while replaying the peeked head");
+            tracing::debug!(%client_addr, error = %e, "backend failed while taking the client's first bytes");
             // The client's request was cut: it must not see a clean close.
             abort_on_close(client.as_raw_fd());
             return;
         }
-        replayed = len;
     }
     if let Some(ka) = cfg.timeouts.keepalive {
         set_keepalive(client.as_raw_fd(), ka.idle, ka.interval, ka.count);
@@ -107,7 +222,7 @@ pub(super) async fn handle(
     let idle = core
         .idle
         .register_with_lifetime(cfg.timeouts.idle, cfg.timeouts.max_lifetime);
-    let result = match relay_cfg.mode {
+    let result = match top.relay.mode {
         // Boxed: each mode's future is allocated at its own size instead of the connection
         // carrying the larger of the two.
         RelayMode::Readiness => {
@@ -122,15 +237,16 @@ pub(super) async fn handle(
         }
         RelayMode::Completion => Box::pin(tcp::relay(client, backend, core.relay, &idle)).await,
     };
-    // Counted however the connection ended (an error, the idle timeout, a cut).
+    // Counted however the connection ended (an error, the idle timeout, a cut); the replayed
+    // prefix counts as relayed: it is the first bytes the backend gets from the client.
     let (up, down) = idle.bytes();
     active.set_bytes(up + replayed, down);
     match result {
         Ok(_) => {
-            tracing::trace!(%peer, backend = active.backend(), up = up + replayed, down, "connection done")
+            tracing::trace!(%client_addr, backend = active.backend(), up = up + replayed, down, "connection done")
         }
         Err(e) => {
-            tracing::debug!(%peer, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
+            tracing::debug!(%client_addr, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
         }
     }
 }

@@ -82,6 +82,8 @@ struct Core {
     peeks: PeekBudget,
     /// Accept loops running on this core.
     loops: Cell<usize>,
+    /// Clients refused before a service was chosen: one warning per 5 s per core.
+    refusals: lb_common::logging::RateLimited,
 }
 
 impl Core {
@@ -157,6 +159,7 @@ async fn worker(ctx: WorkerCtx, sockets: Vec<(Arc<Listener>, StdListener)>, shar
         idle: IdleTimer::new(),
         peeks: PeekBudget::new(shared.config.relay.peek_memory),
         loops: Cell::new(0),
+        refusals: Default::default(),
         shared,
     });
     // Build every service's view now (and warm its pool), not at the first connection.
