@@ -583,25 +583,6 @@ fn a_non_utf8_environment_value_is_refused_by_name() {
 
 // 2. The upgrade socket --------------------------------------------------------------------------
 
-/// A directory removed with everything in it when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = tempfile_path::TempPath::new(name, "d");
-        let path = p.0.clone();
-        drop(p);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn sockets_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     use std::os::unix::fs::FileTypeExt;
     let mut out = Vec::new();

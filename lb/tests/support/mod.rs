@@ -390,3 +390,76 @@ pub fn lb_with_listeners(
         found,
     )
 }
+
+/// Whether the programs nobody here wrote (`tools`, e.g. haproxy, nginx, openssl) are installed.
+/// When one is missing: prints why and returns false, or panics when `LB_REQUIRE_TOOLS=1` (CI,
+/// which installs them) asks for the test.
+pub fn tools_ready(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("LB_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("LB_REQUIRE_TOOLS=1 but {test} needs {missing:?}, which is not installed");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {missing:?} not installed (LB_REQUIRE_TOOLS=1 makes this a failure)"
+    );
+    false
+}
+
+/// A directory removed with everything in it when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = tempfile_path::TempPath::new(name, "d");
+        let path = p.0.clone();
+        drop(p);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts a program nobody here wrote (HAProxy, nginx, openssl s_server) and waits until `addr`
+/// accepts; killed (by PID) when dropped.
+pub fn start_external(program: &str, args: &[&str], addr: SocketAddr) -> Proc {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{program} does not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Proc {
+        child,
+        addr,
+        admin: None,
+    }
+}
