@@ -59,6 +59,8 @@ impl Collector for LbCollector {
         let routing = shared.routing.load();
         let cores = shared.cores.cores();
         let mut rows: Vec<(Labels, CounterTotals, bool, u32)> = Vec::new();
+        // (labels, healthy, draining) of each backend: what tells DOWN from drained.
+        let mut states: Vec<(Labels, bool, bool)> = Vec::new();
         for svc in &routing.services {
             for b in svc.set.load().backends.iter() {
                 let labels = vec![
@@ -69,6 +71,11 @@ impl Collector for LbCollector {
                 let t = b.counters.totals();
                 // Eligible and not skipped by every core: it takes new connections.
                 let up = b.eligible() && t.ejected_cores.len() < cores;
+                states.push((
+                    labels.clone(),
+                    b.health == crate::shared::set::Health::Up,
+                    b.admin == crate::shared::set::AdminState::Draining,
+                ));
                 rows.push((labels, t, up, b.weight));
             }
         }
@@ -83,6 +90,24 @@ impl Collector for LbCollector {
                 .collect::<Vec<_>>()
         };
         family(&mut enc, "lb_backend_up", "1 if the backend takes new connections (healthy, not draining, not passively ejected by every core).", MetricType::Gauge, gauge(&|_, up, _| up as i64))?;
+        family(
+            &mut enc,
+            "lb_backend_healthy",
+            "1 if the backend passes its health checks (or has none), 0 while they hold it DOWN.",
+            MetricType::Gauge,
+            states
+                .iter()
+                .map(|(l, h, _)| (l.clone(), ConstGauge::new(*h as i64))),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_draining",
+            "1 if the backend was drained through the admin API (no new connections).",
+            MetricType::Gauge,
+            states
+                .iter()
+                .map(|(l, _, d)| (l.clone(), ConstGauge::new(*d as i64))),
+        )?;
         family(
             &mut enc,
             "lb_backend_weight",
