@@ -17,6 +17,7 @@ pub struct FileBackend {
     pub name: Option<String>,
     pub weight: Option<u32>,
     pub discover: Option<bool>,
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,19 @@ pub struct BackendConfig {
     pub name: String,
     pub address: SocketAddr,
     pub weight: u32,
+    /// Open connections over all cores at most (None: no limit); clients past it queue.
+    pub max_connections: Option<u32>,
+}
+
+impl BackendConfig {
+    pub fn new(name: String, address: SocketAddr, weight: u32) -> BackendConfig {
+        BackendConfig {
+            name,
+            address,
+            weight,
+            max_connections: None,
+        }
+    }
 }
 
 /// A DNS name whose addresses are backends (e.g. a compose service scaled to N replicas).
@@ -34,6 +48,7 @@ pub struct DiscoverSpec {
     pub host: String,
     pub port: u16,
     pub weight: u32,
+    pub max_connections: Option<u32>,
 }
 
 /// Longest backend name.
@@ -98,11 +113,11 @@ pub fn backend(
         .map(String::from)
         .unwrap_or_else(|| address.trim().to_string());
     check_name(&format!("{key}.name"), &name)?;
-    Ok(BackendConfig {
+    Ok(BackendConfig::new(
         name,
-        address: addr,
-        weight: weight(&format!("{key}.weight"), w)?,
-    })
+        addr,
+        weight(&format!("{key}.weight"), w)?,
+    ))
 }
 
 /// A `discover = true` entry: `name:port`, re-resolved at run time.
@@ -123,7 +138,25 @@ pub fn discover(key: &str, b: &FileBackend) -> Result<DiscoverSpec, ConfigError>
         host,
         port,
         weight: weight(&format!("{key}.weight"), b.weight)?,
+        max_connections: max_connections(key, b.max_connections)?,
     })
+}
+
+fn max_connections(key: &str, v: Option<u32>) -> Result<Option<u32>, ConfigError> {
+    match v {
+        Some(0) => Err(invalid(
+            &format!("{key}.max_connections"),
+            "must be at least 1 (leave the key out for no limit)",
+        )),
+        v => Ok(v),
+    }
+}
+
+/// A `[[backends]]` entry of the file.
+pub fn from_file(key: &str, b: &FileBackend) -> Result<BackendConfig, ConfigError> {
+    let mut c = backend(key, &b.address, b.name.as_deref(), b.weight)?;
+    c.max_connections = max_connections(key, b.max_connections)?;
+    Ok(c)
 }
 
 /// The configured list: `--backend`/`BACKEND_SERVERS` when given (they replace the file's), else
@@ -192,6 +225,7 @@ fn listed(key: &str, item: &str) -> Result<Result<BackendConfig, DiscoverSpec>, 
                     name: None,
                     weight: w,
                     discover: Some(true),
+                    max_connections: None,
                 },
             )?;
             tracing::warn!(backend = %address, "backend host name does not resolve now: lb keeps looking it up in the background (every discovery.interval_ms) and sends clients there once it resolves");
@@ -223,7 +257,7 @@ pub fn build(
         if b.discover == Some(true) {
             names.push(discover(&key, b)?);
         } else {
-            fixed.push(backend(&key, &b.address, b.name.as_deref(), b.weight)?);
+            fixed.push(from_file(&key, b)?);
         }
     }
     Ok((fixed, names))

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use super::cidr::CidrList;
+use super::limits::{self, ClientLimits, FileLimits};
 use super::services::check_name;
 use super::{invalid, ConfigError};
 
@@ -24,6 +25,11 @@ pub struct FileListener {
     pub trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_new_connections_per_ip_per_s: Option<u32>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +157,8 @@ pub struct ListenerConfig {
     pub accept_proxy: AcceptProxy,
     /// PROXY headers are read only from these sources; others are refused.
     pub trusted_proxies: CidrList,
+    /// Its connection limits and access list.
+    pub limits: ClientLimits,
 }
 
 fn parse_sni(key: &str, s: &str) -> Result<SniPattern, ConfigError> {
@@ -179,9 +187,13 @@ fn parse_sni(key: &str, s: &str) -> Result<SniPattern, ConfigError> {
     })
 }
 
-/// A listener from the file (`index` in `[[listeners]]`). Service names are checked by the
-/// caller, which knows them all.
-pub fn build(index: usize, f: &FileListener) -> Result<ListenerConfig, ConfigError> {
+/// A listener from the file (`index` in `[[listeners]]`), its limits over `base` (the
+/// top-level ones). Service names are checked by the caller, which knows them all.
+pub fn build(
+    index: usize,
+    f: &FileListener,
+    base: &ClientLimits,
+) -> Result<ListenerConfig, ConfigError> {
     let prefix = format!("listeners[{index}].");
     check_name(&format!("{prefix}name"), &f.name)?;
     let address = lb_common::net::parse_addr(&f.address)
@@ -250,12 +262,26 @@ pub fn build(index: usize, f: &FileListener) -> Result<ListenerConfig, ConfigErr
             "accept_proxy needs trusted_proxies: the sources (e.g. [\"10.0.0.0/8\"]) allowed to send a PROXY header, which rewrites the client address",
         ));
     }
+    let limits = limits::clients(
+        &prefix,
+        &FileLimits {
+            max_connections: f.max_connections,
+            max_connections_per_ip: f.max_connections_per_ip,
+            max_new_connections_per_ip_per_s: f.max_new_connections_per_ip_per_s,
+            allow: f.allow.clone(),
+            deny: f.deny.clone(),
+            queue_timeout_ms: None,
+            max_queue: None,
+        },
+        base,
+    )?;
     Ok(ListenerConfig {
         name: f.name.clone(),
         address,
         route,
         accept_proxy,
         trusted_proxies,
+        limits,
     })
 }
 
@@ -316,29 +342,38 @@ mod tests {
     #[test]
     fn a_listener_names_a_service_or_routes_and_proxy_needs_trusted_sources() {
         let mut f = file("l", "127.0.0.1:1");
-        assert!(build(0, &f)
+        assert!(build(0, &f, &ClientLimits::default())
             .unwrap_err()
             .to_string()
             .contains("listeners[0].service"));
         f.service = Some("web".into());
-        assert_eq!(build(0, &f).unwrap().route, Route::Service("web".into()));
+        assert_eq!(
+            build(0, &f, &ClientLimits::default()).unwrap().route,
+            Route::Service("web".into())
+        );
         f.routes.push(FileRoute {
             sni: "a.example".into(),
             service: "api".into(),
         });
-        assert!(build(0, &f)
+        assert!(build(0, &f, &ClientLimits::default())
             .unwrap_err()
             .to_string()
             .contains("listeners[0].routes"));
         f.service = None;
         f.default_service = Some("web".into());
-        assert!(build(0, &f).unwrap().route.reads_sni());
+        assert!(build(0, &f, &ClientLimits::default())
+            .unwrap()
+            .route
+            .reads_sni());
         f.accept_proxy = Some("v2".into());
-        assert!(build(0, &f)
+        assert!(build(0, &f, &ClientLimits::default())
             .unwrap_err()
             .to_string()
             .contains("trusted_proxies"));
         f.trusted_proxies = Some(vec!["127.0.0.0/8".into()]);
-        assert_eq!(build(0, &f).unwrap().accept_proxy, AcceptProxy::V2);
+        assert_eq!(
+            build(0, &f, &ClientLimits::default()).unwrap().accept_proxy,
+            AcceptProxy::V2
+        );
     }
 }

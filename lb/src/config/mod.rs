@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod env;
 pub mod hash;
 pub mod health;
+pub mod limits;
 pub mod listen;
 pub mod listeners;
 pub mod pool;
@@ -131,6 +132,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub shutdown: shutdown::FileShutdown,
     #[serde(default)]
+    pub limits: limits::FileLimits,
+    #[serde(default)]
     pub services: Vec<services::FileService>,
     #[serde(default)]
     pub listeners: Vec<listeners::FileListener>,
@@ -151,6 +154,8 @@ pub struct Config {
     pub replicas: ReplicasConfig,
     /// The top-level timeouts: `peek` bounds what a listener reads before it picks a service.
     pub timeouts: Timeouts,
+    /// Open connections of the whole process at most (None: no limit).
+    pub max_connections: Option<u64>,
     pub relay: RelayConfig,
     pub pool: PoolConfig,
     pub admin: AdminConfig,
@@ -218,7 +223,18 @@ impl Config {
             &(KeySource::ClientIp, HashConfig::default()),
             file.backends.len(),
         )?;
+        let top_clients = limits::clients("limits.", &file.limits, &Default::default())?;
         let defaults = services::ServiceDefaults {
+            limits: limits::service(
+                "",
+                &limits::FileLimits {
+                    max_connections: None,
+                    max_connections_per_ip: None,
+                    max_new_connections_per_ip_per_s: None,
+                    ..file.limits.clone()
+                },
+                &Default::default(),
+            )?,
             algorithm,
             key: top_key,
             hash: top_hash,
@@ -259,6 +275,7 @@ impl Config {
                 retry: defaults.retry,
                 timeouts: defaults.timeouts,
                 send_proxy: SendProxy::Off,
+                limits: defaults.limits.clone(),
                 backends: fixed,
                 discover,
             };
@@ -266,6 +283,12 @@ impl Config {
             services.insert(0, d);
         }
 
+        // A listener takes the top-level per-client limits and lists; the top-level
+        // max_connections is the whole process's, not each listener's.
+        let listener_base = limits::ClientLimits {
+            max_connections: None,
+            ..top_clients.clone()
+        };
         let listeners = if file.listeners.is_empty() {
             let address = listen::build(file.listen.as_deref(), &over)?;
             let service = if services.iter().any(|s| s.name == DEFAULT_SERVICE) {
@@ -284,6 +307,7 @@ impl Config {
                 route: Route::Service(service),
                 accept_proxy: AcceptProxy::Off,
                 trusted_proxies: Default::default(),
+                limits: listener_base.clone(),
             }]
         } else {
             for (key, set) in [
@@ -300,7 +324,7 @@ impl Config {
             }
             let mut out = Vec::new();
             for (i, f) in file.listeners.iter().enumerate() {
-                let l = listeners::build(i, f)?;
+                let l = listeners::build(i, f, &listener_base)?;
                 if out.iter().any(|o: &ListenerConfig| o.name == l.name) {
                     return Err(invalid(
                         &format!("listeners[{i}].name"),
@@ -378,6 +402,7 @@ impl Config {
             discovery: discovery::build(&file.discovery)?,
             replicas,
             timeouts,
+            max_connections: top_clients.max_connections,
             relay: relay::build(&file.relay)?,
             pool: pool::build(&file.pool)?,
             admin,

@@ -45,11 +45,9 @@ impl ReplicasConfig {
 
     /// The replicas as backends, named by their ids.
     pub fn backends(&self) -> impl Iterator<Item = BackendConfig> + '_ {
-        self.specs.iter().map(|r| BackendConfig {
-            name: r.id.clone(),
-            address: r.addr,
-            weight: DEFAULT_WEIGHT,
-        })
+        self.specs
+            .iter()
+            .map(|r| BackendConfig::new(r.id.clone(), r.addr, DEFAULT_WEIGHT))
     }
 }
 

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::backends::{self, BackendConfig, DiscoverSpec, FileBackend};
 use super::hash::{self, FileHash, KeySource};
 use super::health::{self, FileHealth, HealthConfig};
+use super::limits::{self, FileLimits, ServiceLimits};
 use super::retry::{self, FileRetry, RetryConfig};
 use super::timeouts::{self, FileTimeouts, Timeouts};
 use super::{invalid, ConfigError};
@@ -27,6 +28,7 @@ pub struct FileService {
     pub health: Option<FileHealth>,
     pub retry: Option<FileRetry>,
     pub timeouts: Option<FileTimeouts>,
+    pub limits: Option<FileLimits>,
 }
 
 /// A PROXY protocol header lb writes to each backend before the client's first byte.
@@ -51,6 +53,7 @@ impl SendProxy {
 /// What every service starts from: the top-level tables.
 #[derive(Debug, Clone)]
 pub struct ServiceDefaults {
+    pub limits: ServiceLimits,
     pub algorithm: Algorithm,
     pub key: KeySource,
     pub hash: HashConfig,
@@ -69,6 +72,8 @@ pub struct ServiceConfig {
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
     pub send_proxy: SendProxy,
+    /// The queue for clients that find every backend full, and who may use the service.
+    pub limits: ServiceLimits,
     /// The fixed backends (the local replicas among them, for `default`).
     pub backends: Vec<BackendConfig>,
     /// Names re-resolved at run time into one backend per address.
@@ -150,6 +155,10 @@ pub fn build(
             None => d.timeouts,
         },
         send_proxy: parse_send_proxy(&format!("{prefix}send_proxy"), f.send_proxy.as_deref())?,
+        limits: match &f.limits {
+            Some(l) => limits::service(&prefix, l, &d.limits)?,
+            None => d.limits.clone(),
+        },
         backends: fixed,
         discover,
     };

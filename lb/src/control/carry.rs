@@ -35,6 +35,8 @@ pub struct CarriedBackend {
     pub down: bool,
     /// Longest passive ejection left on any core, in ms (0: none).
     pub ejected_ms: u64,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// What this process would hand over now.
@@ -68,6 +70,7 @@ pub fn collect(shared: &Shared) -> Carried {
                             .counters
                             .ejected_left(now)
                             .map_or(0, |d| d.as_millis() as u64),
+                        max_connections: b.max_connections,
                     })
                     .collect(),
             })
@@ -114,9 +117,8 @@ fn apply_service(svc: &Arc<Service>, cs: &CarriedService, now: Instant, done: &m
                 continue;
             };
             let cfg = BackendConfig {
-                name: b.name.clone(),
-                address,
-                weight: b.config_weight,
+                max_connections: b.max_connections,
+                ..BackendConfig::new(b.name.clone(), address, b.config_weight)
             };
             let backend = svc.set.new_backend(&cfg, origin.clone());
             let added = svc.set.update(|v| {

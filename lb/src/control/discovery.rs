@@ -94,9 +94,8 @@ fn apply(shared: &Shared, svc: &Service, spec: &DiscoverSpec, addrs: &[SocketAdd
             !is_own
         })
         .map(|a| BackendConfig {
-            name: format!("{}{}", prefix, a.ip()),
-            address: *a,
-            weight: spec.weight,
+            max_connections: spec.max_connections,
+            ..BackendConfig::new(format!("{}{}", prefix, a.ip()), *a, spec.weight)
         })
         .collect();
     let set = &svc.set;

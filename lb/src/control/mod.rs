@@ -41,6 +41,18 @@ pub fn start(
                 if let Some(l) = admin_unix {
                     lb_common::task::spawn_guarded("admin-unix", admin::serve_unix(l, ctx.clone()));
                 }
+                // Per-source tables forget sources that are idle with a full bucket.
+                let s = shared.clone();
+                lb_common::task::spawn_guarded("ip-sweep", async move {
+                    loop {
+                        monoio::time::sleep(std::time::Duration::from_secs(10)).await;
+                        let now = std::time::Instant::now();
+                        for l in s.routing.load().listeners.iter() {
+                            let rate = l.config.load().limits.max_new_connections_per_ip_per_s;
+                            l.ips.sweep(now, rate);
+                        }
+                    }
+                });
                 health::run(shared).await;
                 // Health checks off: keep the admin task alive for the life of the process.
                 std::future::pending::<()>().await;

@@ -129,6 +129,7 @@ pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
             o.close();
         }
     }
+    shared.live.store(Arc::new(next.clone()));
     let generation = cur.generation + 1;
     shared.routing.store(Arc::new(Routing {
         generation,

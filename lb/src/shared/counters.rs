@@ -39,6 +39,9 @@ struct Slot {
 /// Counters of one backend, `cores` slots.
 pub struct BackendCounters {
     slots: Box<[Slot]>,
+    /// Connections holding one of the backend's `max_connections` slots, over all cores: one
+    /// shared atomic (contended only for limited backends), so that the limit is exact.
+    claimed: AtomicU64,
 }
 
 fn bump(a: &AtomicU64, by: u64) {
@@ -92,7 +95,29 @@ impl BackendCounters {
     pub fn new(cores: usize) -> BackendCounters {
         BackendCounters {
             slots: (0..cores.max(1)).map(|_| Slot::default()).collect(),
+            claimed: AtomicU64::new(0),
         }
+    }
+
+    /// Takes one of `max` slots; false when all are taken.
+    pub fn try_claim(&self, max: u32) -> bool {
+        self.claimed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < u64::from(max)).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a slot back.
+    pub fn release(&self) {
+        let _ = self
+            .claimed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+    }
+
+    /// Slots taken now.
+    pub fn claimed(&self) -> u64 {
+        self.claimed.load(Ordering::Acquire)
     }
 
     /// Core `core` only: a connection to this backend opened after a connect of `took`.
@@ -223,6 +248,20 @@ mod tests {
         c.unejected(2);
         assert!(c.ejected_cores(t0).len() == 1);
         assert_eq!(c.totals().ejections, 2);
+    }
+
+    #[test]
+    fn slots_are_claimed_up_to_the_limit_and_given_back() {
+        let c = BackendCounters::new(2);
+        assert!(c.try_claim(2));
+        assert!(c.try_claim(2));
+        assert!(!c.try_claim(2));
+        c.release();
+        assert!(c.try_claim(2));
+        c.release();
+        c.release();
+        c.release();
+        assert_eq!(c.claimed(), 0, "never below zero");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod counters;
 pub mod exit;
 pub mod fds;
+pub mod ips;
 pub mod routing;
 pub mod set;
 
@@ -85,6 +86,9 @@ pub struct Shared {
     /// The configuration lb started with: its process-wide sections (cores, relay, pool,
     /// admin, shutdown, replicas, discovery). Listeners and services in force are in `routing`.
     pub config: Config,
+    /// The configuration in force: the one lb started with, then each reload's. Process-wide
+    /// keys that can change live (limits, shutdown, discovery, the access log) are read here.
+    pub live: ArcSwap<Config>,
     pub routing: ArcSwap<Routing>,
     /// Listeners a reload added, waiting for each core's worker to accept on its socket.
     pub inbox: Vec<Mutex<Vec<NewListener>>>,
@@ -136,6 +140,7 @@ impl Shared {
             lifecycle: Lifecycle::new(),
             ready: AtomicUsize::new(0),
             admin_address: admin,
+            live: ArcSwap::from_pointee(config.clone()),
             config,
         })
     }

@@ -20,16 +20,35 @@ pub mod listener_counter {
     pub const ACCEPTED: usize = 0;
     /// Open now.
     pub const ACTIVE: usize = 1;
-    /// Closed before a service was chosen: a bad or untrusted PROXY header, no route.
+    /// Closed before a service was chosen: a bad or untrusted PROXY header, no route, a peek
+    /// that failed.
     pub const REFUSED: usize = 2;
-    pub const N: usize = 3;
+    /// Refused by an access list (allow/deny).
+    pub const DENIED: usize = 3;
+    /// Refused by max_connections_per_ip.
+    pub const PER_IP: usize = 4;
+    /// Refused by max_new_connections_per_ip_per_s.
+    pub const RATE: usize = 5;
+    /// Times accepting paused at max_connections (the listener's or the process's).
+    pub const LIMIT_PAUSES: usize = 6;
+    pub const N: usize = 7;
 }
 
 /// Counters of a service, per core.
 pub mod service_counter {
     /// Clients closed because no backend could be reached.
     pub const NO_BACKEND: usize = 0;
-    pub const N: usize = 1;
+    /// Clients waiting now for a backend slot (every eligible backend at its max_connections).
+    pub const QUEUED: usize = 1;
+    /// Clients that waited and got a slot.
+    pub const QUEUE_SERVED: usize = 2;
+    /// Clients closed after queue_timeout_ms in the queue.
+    pub const QUEUE_TIMEOUTS: usize = 3;
+    /// Clients closed because the queue was at max_queue.
+    pub const QUEUE_FULL: usize = 4;
+    /// Microseconds spent in the queue, over every client that left it.
+    pub const QUEUE_WAIT_US: usize = 5;
+    pub const N: usize = 6;
 }
 
 /// One backend pool.
@@ -67,6 +86,8 @@ pub struct Listener {
     /// Set when a reload removed it: its accept loops stop and drop their sockets.
     closed: AtomicBool,
     pub counters: PerCore<{ listener_counter::N }>,
+    /// Per-source limits' state.
+    pub ips: super::ips::IpTable,
 }
 
 impl Listener {
@@ -83,6 +104,7 @@ impl Listener {
             fds,
             closed: AtomicBool::new(false),
             counters: PerCore::new(cores),
+            ips: Default::default(),
         }
     }
 

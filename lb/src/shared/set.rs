@@ -66,6 +66,8 @@ pub struct Backend {
     pub config_weight: u32,
     /// A weight set through the admin API, kept across reloads until deleted.
     pub api_weight: Option<u32>,
+    /// Open connections at most, over all cores (None: no limit).
+    pub max_connections: Option<u32>,
     pub origin: Origin,
     pub admin: AdminState,
     pub health: Health,
@@ -148,6 +150,7 @@ impl BackendSet {
                 weight: b.weight,
                 config_weight: b.weight,
                 api_weight: None,
+                max_connections: b.max_connections,
                 origin: Origin::Config,
                 admin: AdminState::Active,
                 health: Health::Up,
@@ -243,6 +246,7 @@ impl BackendSet {
             weight: cfg.weight,
             config_weight: cfg.weight,
             api_weight: None,
+            max_connections: cfg.max_connections,
             origin,
             admin: AdminState::Active,
             health: Health::Up,
@@ -384,6 +388,7 @@ impl BackendSet {
                         b.address = cfg.address;
                         b.config_weight = cfg.weight;
                         b.weight = b.api_weight.unwrap_or(cfg.weight);
+                        b.max_connections = cfg.max_connections;
                         b.origin = Origin::Config;
                         next.push(b);
                     }
@@ -405,6 +410,7 @@ impl BackendSet {
                     a.name == b.name
                         && a.address == b.address
                         && a.weight == b.weight
+                        && a.max_connections == b.max_connections
                         && a.origin == b.origin
                 });
             *v = next;
@@ -418,11 +424,7 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, port: u16) -> BackendConfig {
-        BackendConfig {
-            name: name.into(),
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            weight: 1,
-        }
+        BackendConfig::new(name.into(), SocketAddr::from(([127, 0, 0, 1], port)), 1)
     }
 
     #[test]

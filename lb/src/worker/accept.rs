@@ -57,8 +57,15 @@ pub(super) async fn accept_loop(socket: std::net::TcpListener, lst: Arc<Listener
     let warn = RateLimited::default();
     let mut batch = ACCEPT_BATCH;
     while !lifecycle.stopping() && !lst.is_closed() {
-        // No descriptors for another client and its backend: leave the clients in the
-        // kernel's queue until some connections close, rather than accept and drop them.
+        // At max_connections (the listener's or the whole process's): leave the clients in the
+        // kernel's queue until some connections close; never accept only to close.
+        if at_limit(&lst, &core) {
+            lst.counters
+                .add(core.index, listener_counter::LIMIT_PAUSES, 1);
+            monoio::time::sleep(FD_PAUSE).await;
+            continue;
+        }
+        // No descriptors for another client and its backend: likewise.
         let fds = &core.shared.fds;
         if !fds.has_room(core.shared.cores.active_total()) {
             fds.paused();
@@ -78,7 +85,8 @@ pub(super) async fn accept_loop(socket: std::net::TcpListener, lst: Arc<Listener
         }
         let mut emptied = false;
         for _ in 0..batch {
-            if !core.shared.fds.has_room(core.shared.cores.active_total()) {
+            if !core.shared.fds.has_room(core.shared.cores.active_total()) || at_limit(&lst, &core)
+            {
                 break;
             }
             match accept(fd) {
@@ -117,6 +125,18 @@ pub(super) async fn accept_loop(socket: std::net::TcpListener, lst: Arc<Listener
     // Dropping the listener here closes only this process's descriptor: after a takeover the
     // new process still holds the socket and its queue.
     tracing::debug!(worker = core.index, listener = %lst.name, "accept loop stopped");
+}
+
+/// Whether the listener, or the whole process, has as many connections open as it may.
+fn at_limit(lst: &Listener, core: &Core) -> bool {
+    let listener_max = lst.config.load().limits.max_connections;
+    listener_max.is_some_and(|m| lst.counters.sum(listener_counter::ACTIVE) >= m)
+        || core
+            .shared
+            .live
+            .load()
+            .max_connections
+            .is_some_and(|m| core.shared.cores.active_total() >= m)
 }
 
 fn accept(fd: RawFd) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {

@@ -16,6 +16,7 @@ use crate::proxy::prefix::{Prefix, PrefixError};
 use crate::proxy::proxy_header::{self, Accept};
 use crate::proxy::tls::{self, peek_sni};
 use crate::proxy::{abort_on_close, readiness, set_keepalive, tcp};
+use crate::shared::ips::Refused;
 use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::Listener;
 
@@ -38,6 +39,23 @@ fn refuse(
     core.refusals.warn(|suppressed| match e {
         Some(e) => tracing::warn!(listener = %listener.name, %peer, error = %e, suppressed, "{why}; client closed"),
         None => tracing::warn!(listener = %listener.name, %peer, suppressed, "{why}; client closed"),
+    });
+}
+
+/// Refuses a client by policy (an access list, a per-source limit) with a reset, counted under
+/// `counter` and logged at most once per 5 s per core.
+fn deny(
+    core: &Core,
+    listener: &Listener,
+    client: &TcpStream,
+    client_addr: SocketAddr,
+    counter: usize,
+    why: &str,
+) {
+    listener.counters.add(core.index, counter, 1);
+    abort_on_close(client.as_raw_fd());
+    core.refusals.warn(|suppressed| {
+        tracing::warn!(listener = %listener.name, client = %client_addr, suppressed, "{why}: client refused")
     });
 }
 
@@ -93,6 +111,44 @@ pub(super) async fn handle(
         }
     }
 
+    // Who may connect: the access list, then the per-source limits, on the client's address
+    // (the PROXY header's when one came). Refused with a reset.
+    if !lcfg.limits.access.permits(client_addr.ip()) {
+        return deny(
+            core,
+            listener,
+            &client,
+            client_addr,
+            listener_counter::DENIED,
+            "denied by the access list",
+        );
+    }
+    let _source = if lcfg.limits.per_ip() {
+        match listener.ips.admit(
+            client_addr.ip(),
+            std::time::Instant::now(),
+            lcfg.limits.max_connections_per_ip,
+            lcfg.limits.max_new_connections_per_ip_per_s,
+        ) {
+            Ok(lease) => Some(lease),
+            Err(why) => {
+                let (counter, what) = match why {
+                    Refused::TooMany => {
+                        (listener_counter::PER_IP, "max_connections_per_ip reached")
+                    }
+                    Refused::TooFast => (
+                        listener_counter::RATE,
+                        "max_new_connections_per_ip_per_s exceeded",
+                    ),
+                    Refused::Full => (listener_counter::PER_IP, "too many sources tracked"),
+                };
+                return deny(core, listener, &client, client_addr, counter, what);
+            }
+        }
+    } else {
+        None
+    };
+
     // The service: the listener's, or chosen by the ClientHello's server name.
     let mut sni = None;
     let lcfg_reads_sni = lcfg.route.reads_sni();
@@ -130,6 +186,16 @@ pub(super) async fn handle(
     };
     drop(lcfg);
     let cfg = svc.service.config.load_full();
+    if !cfg.limits.access.permits(client_addr.ip()) {
+        return deny(
+            core,
+            listener,
+            &client,
+            client_addr,
+            listener_counter::DENIED,
+            "denied by the service's access list",
+        );
+    }
 
     // The key, for the hash algorithms.
     let key = if !cfg.algorithm.needs_key() {

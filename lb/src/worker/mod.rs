@@ -5,6 +5,7 @@
 mod accept;
 mod connection;
 pub mod pool;
+pub mod queue;
 pub mod upstream;
 
 use std::cell::{Cell, RefCell};

@@ -20,8 +20,11 @@ use monoio::net::TcpStream;
 use crate::balance::{Algorithm, BackendSpec, Balancer, Candidate, HashConfig};
 use crate::config::{PoolConfig, RetryConfig};
 use crate::shared::counters::BackendCounters;
+use crate::shared::routing::service_counter;
 use crate::shared::set::{self, Snapshot};
 use crate::shared::Service;
+
+use super::queue::{CoreQueue, Place};
 
 use super::pool::BackendPool;
 
@@ -39,6 +42,12 @@ pub enum ConnectError {
     /// lb itself is out of a resource (descriptors, buffers, memory).
     #[error("lb cannot open a backend connection: {0}")]
     Local(io::Error),
+    /// Every eligible backend was at its max_connections for the whole queue_timeout_ms.
+    #[error("every backend was full for {0:?}")]
+    QueueTimeout(Duration),
+    /// Every eligible backend was full and the queue at its max_queue.
+    #[error("every backend was full and the queue too")]
+    QueueFull,
 }
 
 /// Decay time constant of the connect-time EWMA: old samples fade over about ten seconds.
@@ -99,6 +108,8 @@ pub struct CoreUpstream {
     view: RefCell<View>,
     seed: u64,
     pool: PoolConfig,
+    /// Clients waiting on this core for a slot of a full backend.
+    queue: Rc<CoreQueue>,
 }
 
 /// Marks one connection to a backend as open in the shared counts until dropped.
@@ -107,6 +118,12 @@ pub struct ActiveConn {
     backend: String,
     core: usize,
     bytes: Cell<(u64, u64)>,
+    /// It holds one of the backend's max_connections slots: given back (and this core's queue
+    /// told) when the connection ends.
+    claim: Option<Rc<CoreQueue>>,
+    /// Connect attempts it took, and the time from the first to the connection.
+    pub attempts: u32,
+    pub connect_time: Duration,
 }
 
 impl ActiveConn {
@@ -124,6 +141,10 @@ impl Drop for ActiveConn {
     fn drop(&mut self) {
         let (up, down) = self.bytes.get();
         self.counters.closed(self.core, up, down);
+        if let Some(q) = self.claim.take() {
+            self.counters.release();
+            q.notify();
+        }
     }
 }
 
@@ -147,6 +168,7 @@ impl CoreUpstream {
             service: service.clone(),
             seed,
             pool,
+            queue: Rc::new(CoreQueue::default()),
         };
         up.rebuild(snap);
         up
@@ -250,20 +272,29 @@ impl CoreUpstream {
     }
 
     /// Chooses a backend, excluding those already tried. Borrows end before returning.
+    /// The backend to try, and whether some backend was left out only for being at its
+    /// max_connections (then the caller queues rather than gives up).
     fn choose(
         &self,
         key: Option<u64>,
         tried: &[usize],
         now: Instant,
         slow_start: Duration,
-    ) -> Option<usize> {
+    ) -> (Option<usize>, bool) {
         let mut guard = self.view.borrow_mut();
         let view = &mut *guard;
+        let mut any_full = false;
         for (i, c) in view.candidates.iter_mut().enumerate() {
             let b = &view.snap.backends[i];
             let local = &view.local[i];
-            c.eligible = b.eligible() && local.eject_until.get().is_none_or(|t| now >= t);
-            c.active = b.counters.active();
+            let up = b.eligible() && local.eject_until.get().is_none_or(|t| now >= t);
+            let full = b
+                .max_connections
+                .is_some_and(|m| b.counters.claimed() >= u64::from(m));
+            any_full |= up && full && !tried.contains(&i);
+            c.eligible = up && !full;
+            // A limited backend's load includes its connects in progress (its claimed slots).
+            c.active = b.counters.active().max(b.counters.claimed());
             c.ewma_ns = local.ewma_ns.get();
             c.weight = match b.since {
                 Some(since) => {
@@ -272,7 +303,10 @@ impl CoreUpstream {
                 None => b.weight,
             };
         }
-        view.balancer.pick_excluding(&view.candidates, key, tried)
+        (
+            view.balancer.pick_excluding(&view.candidates, key, tried),
+            any_full,
+        )
     }
 
     /// Connects to a chosen backend, retrying refused or timed-out connects on other backends
@@ -288,12 +322,44 @@ impl CoreUpstream {
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(String, io::Error)> = None;
         let mut n_tried = 0u32;
+        let limits = &cfg.limits;
+        let mut place: Option<Place> = None;
+        // First come, first served: while clients wait on this core, a newcomer queues behind
+        // them instead of taking the slot that frees first.
+        if !self.queue.is_empty() {
+            place = Some(self.join_queue(limits.max_queue)?);
+            if !place
+                .as_ref()
+                .expect("joined")
+                .turn(start + limits.queue_timeout)
+                .await
+            {
+                self.leave_queue(&mut place, start, false);
+                return Err(ConnectError::QueueTimeout(limits.queue_timeout));
+            }
+        }
         while n_tried < retry.tries {
             let now = Instant::now();
-            let Some(idx) = self.choose(key, &tried, now, cfg.health.slow_start) else {
-                break;
+            let (picked, any_full) = self.choose(key, &tried, now, cfg.health.slow_start);
+            let Some(idx) = picked else {
+                if !any_full {
+                    break;
+                }
+                // Every eligible backend is at its max_connections: wait in this core's queue.
+                if place.is_none() {
+                    place = Some(self.join_queue(limits.max_queue)?);
+                }
+                let waited = place
+                    .as_ref()
+                    .expect("joined")
+                    .turn(start + limits.queue_timeout)
+                    .await;
+                if !waited {
+                    self.leave_queue(&mut place, start, false);
+                    return Err(ConnectError::QueueTimeout(limits.queue_timeout));
+                }
+                continue;
             };
-            n_tried += 1;
             // Clone what the await needs so that no borrow is held across it.
             let (backend, local, pool) = {
                 let view = self.view.borrow();
@@ -303,10 +369,22 @@ impl CoreUpstream {
                     view.pools[idx].clone(),
                 )
             };
+            // A limited backend: take one of its slots, or look again (another core took the
+            // last one since the choice).
+            let claim = match backend.max_connections {
+                Some(m) if !backend.counters.try_claim(m) => continue,
+                Some(_) => Some(self.queue.clone()),
+                None => None,
+            };
+            n_tried += 1;
             if let Some(stream) = pool.take() {
                 pool.refill();
                 backend.counters.opened(self.core, None);
-                return Ok((stream, self.active(&backend)));
+                self.leave_queue(&mut place, start, true);
+                return Ok((
+                    stream,
+                    self.active(&backend, claim, n_tried, start.elapsed()),
+                ));
             }
             pool.refill();
             let remaining = retry.budget.saturating_sub(start.elapsed());
@@ -316,12 +394,26 @@ impl CoreUpstream {
                     let took = now.elapsed();
                     self.record_success(&local, &backend, took);
                     backend.counters.opened(self.core, Some(took));
-                    return Ok((stream, self.active(&backend)));
+                    self.leave_queue(&mut place, start, true);
+                    return Ok((
+                        stream,
+                        self.active(&backend, claim, n_tried, start.elapsed()),
+                    ));
                 }
                 // Out of descriptors or memory: lb's own shortage, not the backend's. Nothing
                 // is ejected or counted against it, and another backend would fare no better.
-                Err(e) if is_local_resource_error(&e) => return Err(ConnectError::Local(e)),
+                Err(e) if is_local_resource_error(&e) => {
+                    if claim.is_some() {
+                        backend.counters.release();
+                    }
+                    self.leave_queue(&mut place, start, true);
+                    return Err(ConnectError::Local(e));
+                }
                 Err(e) => {
+                    if claim.is_some() {
+                        backend.counters.release();
+                        self.queue.notify();
+                    }
                     backend.counters.connect_failed(self.core);
                     self.record_failure(&local, &backend, &e, &retry);
                     last = Some((backend.name.clone(), e));
@@ -337,6 +429,8 @@ impl CoreUpstream {
                 break;
             }
         }
+        // Out of the queue with a slot, or with nothing left to wait for: not a timeout.
+        self.leave_queue(&mut place, start, true);
         match last {
             None => Err(ConnectError::NoneAvailable),
             Some((name, e)) => Err(ConnectError::AllFailed {
@@ -347,13 +441,64 @@ impl CoreUpstream {
         }
     }
 
-    fn active(&self, backend: &set::Backend) -> ActiveConn {
+    fn active(
+        &self,
+        backend: &set::Backend,
+        claim: Option<Rc<CoreQueue>>,
+        attempts: u32,
+        connect_time: Duration,
+    ) -> ActiveConn {
         ActiveConn {
             counters: backend.counters.clone(),
             backend: backend.name.clone(),
             core: self.core,
             bytes: Cell::new((0, 0)),
+            claim,
+            attempts,
+            connect_time,
         }
+    }
+
+    /// Joins this core's queue, counted; refused when `max` wait already.
+    fn join_queue(&self, max: usize) -> Result<Place, ConnectError> {
+        let counters = &self.service.counters;
+        match self.queue.join(max) {
+            Some(p) => {
+                counters.add(self.core, service_counter::QUEUED, 1);
+                Ok(p)
+            }
+            None => {
+                counters.add(self.core, service_counter::QUEUE_FULL, 1);
+                Err(ConnectError::QueueFull)
+            }
+        }
+    }
+
+    /// Leaves this core's queue (if the client waited in it), counting how it went.
+    fn leave_queue(&self, place: &mut Option<Place>, since: Instant, served: bool) {
+        if place.take().is_some() {
+            let c = &self.service.counters;
+            c.sub(self.core, service_counter::QUEUED, 1);
+            c.add(
+                self.core,
+                if served {
+                    service_counter::QUEUE_SERVED
+                } else {
+                    service_counter::QUEUE_TIMEOUTS
+                },
+                1,
+            );
+            c.add(
+                self.core,
+                service_counter::QUEUE_WAIT_US,
+                since.elapsed().as_micros() as u64,
+            );
+        }
+    }
+
+    /// Clients waiting on this core now.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
     }
 
     fn record_success(&self, local: &LocalBackend, backend: &set::Backend, took: Duration) {

@@ -61,6 +61,8 @@ impl Collector for LbCollector {
         let mut rows: Vec<(Labels, CounterTotals, bool, u32)> = Vec::new();
         // (labels, healthy, draining) of each backend: what tells DOWN from drained.
         let mut states: Vec<(Labels, bool, bool)> = Vec::new();
+        // (labels, max_connections or 0, slots taken)
+        let mut limits: Vec<(Labels, u32, u64)> = Vec::new();
         for svc in &routing.services {
             for b in svc.set.load().backends.iter() {
                 let labels = vec![
@@ -71,6 +73,11 @@ impl Collector for LbCollector {
                 let t = b.counters.totals();
                 // Eligible and not skipped by every core: it takes new connections.
                 let up = b.eligible() && t.ejected_cores.len() < cores;
+                limits.push((
+                    labels.clone(),
+                    b.max_connections.unwrap_or(0),
+                    b.counters.claimed(),
+                ));
                 states.push((
                     labels.clone(),
                     b.health == crate::shared::set::Health::Up,
@@ -107,6 +114,24 @@ impl Collector for LbCollector {
             states
                 .iter()
                 .map(|(l, _, d)| (l.clone(), ConstGauge::new(*d as i64))),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_max_connections",
+            "The backend's max_connections (0: no limit).",
+            MetricType::Gauge,
+            limits
+                .iter()
+                .map(|(l, m, _)| (l.clone(), ConstGauge::new(*m as i64))),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_slots_taken",
+            "Connections holding one of the backend's max_connections slots now.",
+            MetricType::Gauge,
+            limits
+                .iter()
+                .map(|(l, _, t)| (l.clone(), ConstGauge::new(*t as i64))),
         )?;
         family(
             &mut enc,
@@ -308,8 +333,109 @@ impl Collector for LbCollector {
                 .into_iter()
                 .map(|(l, v)| (l, ConstGauge::new(v as i64))),
         )?;
-        family(&mut enc, "lb_listener_refused", "Clients each listener closed before choosing a service (a bad or untrusted PROXY header, no route).", MetricType::Counter,
-            lrow(&|l| l.counters.sum(listener_counter::REFUSED)).into_iter().map(|(l, v)| (l, ConstCounter::new(v))))?;
+        family(
+            &mut enc,
+            "lb_listener_refused",
+            "Clients each listener refused, by reason: protocol (a bad or untrusted PROXY header, a malformed ClientHello, no route, a failed peek), denied (an access list), per_ip (max_connections_per_ip), rate (max_new_connections_per_ip_per_s).",
+            MetricType::Counter,
+            routing.listeners.iter().flat_map(|l| {
+                [
+                    ("protocol", listener_counter::REFUSED),
+                    ("denied", listener_counter::DENIED),
+                    ("per_ip", listener_counter::PER_IP),
+                    ("rate", listener_counter::RATE),
+                ]
+                .into_iter()
+                .map(move |(reason, c)| {
+                    (
+                        vec![("listener", l.name.clone()), ("address", l.address.to_string()), ("reason", reason.to_string())],
+                        ConstCounter::new(l.counters.sum(c)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "lb_listener_max_connections",
+            "Each listener's max_connections (0: no limit).",
+            MetricType::Gauge,
+            lrow(&|l| l.config.load().limits.max_connections.unwrap_or(0))
+                .into_iter()
+                .map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        family(
+            &mut enc,
+            "lb_listener_limit_pauses",
+            "Times a listener's accepting paused at max_connections (its own or the process's).",
+            MetricType::Counter,
+            lrow(&|l| l.counters.sum(listener_counter::LIMIT_PAUSES))
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut enc,
+            "lb_listener_sources_tracked",
+            "Client addresses a listener's per-source limits track now.",
+            MetricType::Gauge,
+            lrow(&|l| l.ips.sources() as u64)
+                .into_iter()
+                .map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        let srow = |c: usize| {
+            routing
+                .services
+                .iter()
+                .map(move |s| (vec![("service", s.name.clone())], s.counters.sum(c)))
+                .collect::<Vec<_>>()
+        };
+        family(
+            &mut enc,
+            "lb_service_queued_connections",
+            "Clients waiting now for a slot of a backend at its max_connections.",
+            MetricType::Gauge,
+            srow(service_counter::QUEUED)
+                .into_iter()
+                .map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        family(
+            &mut enc,
+            "lb_service_queue_served",
+            "Clients that waited in the queue and got a backend slot.",
+            MetricType::Counter,
+            srow(service_counter::QUEUE_SERVED)
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut enc,
+            "lb_service_queue_timeouts",
+            "Clients closed after queue_timeout_ms in the queue.",
+            MetricType::Counter,
+            srow(service_counter::QUEUE_TIMEOUTS)
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut enc,
+            "lb_service_queue_full",
+            "Clients closed because the queue was at max_queue.",
+            MetricType::Counter,
+            srow(service_counter::QUEUE_FULL)
+                .into_iter()
+                .map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(&mut enc, "lb_service_queue_wait_seconds", "Seconds clients spent in the queue, summed (divide by served + timeouts for the mean).", MetricType::Counter,
+            srow(service_counter::QUEUE_WAIT_US).into_iter().map(|(l, v)| (l, ConstCounter::new(v as f64 / 1e6))))?;
+        family(
+            &mut enc,
+            "lb_max_connections",
+            "The whole process's max_connections (0: no limit).",
+            MetricType::Gauge,
+            [(
+                Vec::new(),
+                ConstGauge::new(shared.live.load().max_connections.unwrap_or(0) as i64),
+            )],
+        )?;
         family(
             &mut enc,
             "lb_uptime_seconds",

@@ -73,6 +73,7 @@ pub struct AddBackend {
     pub address: String,
     pub name: Option<String>,
     pub weight: Option<u32>,
+    pub max_connections: Option<u32>,
 }
 
 /// `PUT /lb/backends/NAME/weight`.
@@ -147,10 +148,15 @@ pub fn add_backend(shared: &Shared, svc: &Service, add: &AddBackend, addr: Socke
     if let Err(e) = check_name("name", &name) {
         return Response::error(400, format!("{e}; give the backend a \"name\""));
     }
+    if add.max_connections == Some(0) {
+        return Response::error(
+            400,
+            "max_connections must be at least 1 (leave it out for no limit)",
+        );
+    }
     let cfg = BackendConfig {
-        name,
-        address: addr,
-        weight: add.weight.unwrap_or(DEFAULT_WEIGHT),
+        max_connections: add.max_connections,
+        ..BackendConfig::new(name, addr, add.weight.unwrap_or(DEFAULT_WEIGHT))
     };
     match svc.set.add(&cfg) {
         Ok(g) => {

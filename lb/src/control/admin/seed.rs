@@ -152,11 +152,7 @@ async fn add(ctx: &Ctx, svc: &Service, change: Change) -> Response {
             }
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
-        let cfg = BackendConfig {
-            name: name.clone(),
-            address: addr,
-            weight: DEFAULT_WEIGHT,
-        };
+        let cfg = BackendConfig::new(name.clone(), addr, DEFAULT_WEIGHT);
         if let Err(e) = svc.set.add(&cfg) {
             ctx.replicas.remove(&name);
             return failure(&e.to_string());

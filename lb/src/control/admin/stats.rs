@@ -33,6 +33,9 @@ pub struct BackendStats {
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub connect_ms: ConnectMs,
+    /// Its max_connections (null: no limit) and the connections holding its slots now.
+    pub max_connections: Option<u32>,
+    pub slots_taken: u64,
 }
 
 #[derive(Serialize)]
@@ -47,12 +50,26 @@ pub struct OverrideStats {
 }
 
 #[derive(Serialize)]
+pub struct QueueStats {
+    /// Waiting now, over all cores.
+    pub queued: u64,
+    pub served: u64,
+    pub timeouts: u64,
+    pub full: u64,
+    pub timeout_ms: u64,
+    pub max_per_core: usize,
+    /// Mean wait of the clients that left the queue.
+    pub mean_wait_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
 pub struct ServiceStats {
     pub name: String,
     pub algorithm: &'static str,
     pub send_proxy: &'static str,
     pub generation: u64,
     pub no_backend: u64,
+    pub queue: QueueStats,
     pub backends: Vec<BackendStats>,
     pub overrides: Vec<OverrideStats>,
 }
@@ -78,6 +95,17 @@ pub struct ListenerStats {
     pub accepted: u64,
     pub active: u64,
     pub refused: u64,
+    /// null: no limit.
+    pub max_connections: Option<u64>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_new_connections_per_ip_per_s: Option<u32>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub denied: u64,
+    pub refused_per_ip: u64,
+    pub refused_rate: u64,
+    pub limit_pauses: u64,
+    pub sources_tracked: usize,
 }
 
 #[derive(Serialize)]
@@ -93,6 +121,8 @@ pub struct CoreStats {
 pub struct Stats {
     pub algorithm: &'static str,
     pub listen: String,
+    /// The whole process's max_connections (null: no limit).
+    pub max_connections: Option<u64>,
     pub uptime_s: f64,
     pub generation: u64,
     pub routing_generation: u64,
@@ -134,6 +164,8 @@ pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
                     p90: t.connect_quantile_ms(0.9),
                     p99: t.connect_quantile_ms(0.99),
                 },
+                max_connections: b.max_connections,
+                slots_taken: b.counters.claimed(),
             }
         })
         .collect()
@@ -187,6 +219,21 @@ pub fn service_json(_shared: &Shared, svc: &Service) -> ServiceStats {
         send_proxy: cfg.send_proxy.name(),
         generation: svc.set.generation(),
         no_backend: svc.counters.sum(service_counter::NO_BACKEND),
+        queue: {
+            let c = &svc.counters;
+            let left =
+                c.sum(service_counter::QUEUE_SERVED) + c.sum(service_counter::QUEUE_TIMEOUTS);
+            QueueStats {
+                queued: c.sum(service_counter::QUEUED),
+                served: c.sum(service_counter::QUEUE_SERVED),
+                timeouts: c.sum(service_counter::QUEUE_TIMEOUTS),
+                full: c.sum(service_counter::QUEUE_FULL),
+                timeout_ms: cfg.limits.queue_timeout.as_millis() as u64,
+                max_per_core: cfg.limits.max_queue,
+                mean_wait_ms: (left > 0)
+                    .then(|| c.sum(service_counter::QUEUE_WAIT_US) as f64 / left as f64 / 1000.0),
+            }
+        },
         backends: backends_json_of(svc),
         overrides: overrides_of(svc),
     }
@@ -230,6 +277,16 @@ fn listener_json(l: &Listener) -> ListenerStats {
         accepted: l.counters.sum(listener_counter::ACCEPTED),
         active: l.counters.sum(listener_counter::ACTIVE),
         refused: l.counters.sum(listener_counter::REFUSED),
+        max_connections: cfg.limits.max_connections,
+        max_connections_per_ip: cfg.limits.max_connections_per_ip,
+        max_new_connections_per_ip_per_s: cfg.limits.max_new_connections_per_ip_per_s,
+        allow: cfg.limits.access.allow.to_strings(),
+        deny: cfg.limits.access.deny.to_strings(),
+        denied: l.counters.sum(listener_counter::DENIED),
+        refused_per_ip: l.counters.sum(listener_counter::PER_IP),
+        refused_rate: l.counters.sum(listener_counter::RATE),
+        limit_pauses: l.counters.sum(listener_counter::LIMIT_PAUSES),
+        sources_tracked: l.ips.sources(),
     }
 }
 
@@ -265,6 +322,7 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
             .first()
             .map(|l| l.address.to_string())
             .unwrap_or_default(),
+        max_connections: shared.live.load().max_connections,
         uptime_s: shared.lifecycle.uptime().as_secs_f64(),
         generation: default.map_or(0, |s| s.set.generation()),
         routing_generation: routing.generation,
