@@ -264,13 +264,14 @@ def nginx_backends(ports, cpu):
 
 def measure_run(url, point, target, round_no, roles, duration, warmup, client_cpu, sample_interval=0.1, spec=None):
     """One loadgen run at `point` (or `spec`: {"conns", "rate"}) against `url`; CPU read over
-    loadgen's measured window only. `roles`: {"proxy": [pid], "backends": [pid]} (no "proxy" when
-    direct)."""
+    loadgen's measured window only; `spec` may add loadgen arguments ("args"). `roles`: {"proxy":
+    [pid], "backends": [pid]} (no "proxy" when direct)."""
     spec = spec or POINTS[point]
     args = ["--cores", "1", "--conns", str(spec["conns"]), "--duration", f"{duration:g}s",
             "--warmup", f"{warmup:g}s"]
     if spec["rate"]:
         args += ["--rate", str(spec["rate"])]
+    args += spec.get("args", [])
     with Sampler(roles, sample_interval) as s:
         r = loadgen_json(url, args, cpu=client_cpu, timeout=duration + warmup + 60)
     t0 = r["started_unix_ms"] / 1000

@@ -109,6 +109,8 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
     };
     let admin_fd = admin.as_ref().map(|l| l.as_raw_fd());
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    // Opened now: a log file lb cannot write stops it here, not after it took traffic.
+    let access = crate::shared::access_log::AccessLog::start(&config.access_log)?;
     let shared = Shared::new(
         config,
         sockets
@@ -122,6 +124,7 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
             })
             .collect(),
         admin_addr,
+        access,
     );
     if let Some((t, _)) = &takeover {
         for line in control::carry::apply(&shared, &t.carried) {
@@ -244,21 +247,24 @@ pub fn announce(what: &str, addr: SocketAddr) {
     let _ = out.flush();
 }
 
-/// SIGHUP reloads, SIGTERM and SIGINT stop gracefully (each with its own grace).
+/// SIGHUP reloads, SIGTERM and SIGINT stop gracefully (each with its own grace), SIGUSR1 reopens
+/// the access log.
 fn spawn_signal_thread(
     started: Arc<OnceLock<Arc<Shared>>>,
     overrides: Overrides,
 ) -> anyhow::Result<()> {
-    let signals = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT];
+    let signals = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
     lb_common::signals::spawn_signal_thread("lb-signals", &signals, move |sig| {
         let Some(shared) = started.get() else {
             // Not serving yet: nothing to drain, stop at once.
-            if sig != libc::SIGHUP {
+            if sig != libc::SIGHUP && sig != libc::SIGUSR1 {
                 std::process::exit(0);
             }
             return;
         };
         match sig {
+            // logrotate moved the access log: open the path again.
+            libc::SIGUSR1 => shared.access.reopen(),
             libc::SIGHUP => match control::reload::reload(shared, &overrides) {
                 Ok(generation) => tracing::info!(generation, "configuration reloaded"),
                 Err(e) => {
@@ -266,7 +272,8 @@ fn spawn_signal_thread(
                 }
             },
             libc::SIGTERM => {
-                let sd = shared.config.shutdown;
+                // The shutdown section in force: a reload may have changed it.
+                let sd = shared.live.load().shutdown;
                 if sd.lame_duck.is_zero() || shared.lifecycle.draining() {
                     tracing::info!(
                         grace_ms = sd.grace.as_millis() as u64,
@@ -291,13 +298,9 @@ fn spawn_signal_thread(
                 });
             }
             _ => {
-                tracing::info!(
-                    grace_ms = shared.config.shutdown.interrupt_grace.as_millis() as u64,
-                    "SIGINT: stopping soon"
-                );
-                shared
-                    .lifecycle
-                    .stop(shared.config.shutdown.interrupt_grace);
+                let grace = shared.live.load().shutdown.interrupt_grace;
+                tracing::info!(grace_ms = grace.as_millis() as u64, "SIGINT: stopping soon");
+                shared.lifecycle.stop(grace);
             }
         }
     })

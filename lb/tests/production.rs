@@ -290,3 +290,90 @@ fn a_connection_past_its_lifetime_is_closed_cleanly_once_quiet_not_while_busy() 
         quiet.elapsed()
     );
 }
+
+#[test]
+fn a_drain_with_a_deadline_closes_what_is_still_open_then_and_one_without_does_not() {
+    use std::io::{ErrorKind, Read, Write};
+    let (e1, e2) = (echo_backend(), echo_backend());
+    let toml = format!(
+        "algorithm = \"round_robin\"\n[health]\ncheck = \"none\"\n\
+         [[backends]]\nname = \"one\"\naddress = \"{}\"\n[[backends]]\nname = \"two\"\naddress = \"{}\"\n",
+        e1.addr, e2.addr
+    );
+    let (lb, _cfg) = lb_with_config(&toml, &[]);
+    let adm = lb.admin.unwrap();
+    // Four echo connections, two on each backend.
+    let mut conns: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(lb.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"hi").unwrap();
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).unwrap();
+            s
+        })
+        .collect();
+    let bad = admin_call(
+        adm,
+        None,
+        "POST",
+        "/lb/backends/one/drain",
+        r#"{"deadline_ms": 0}"#,
+    );
+    assert_eq!(bad.0, 400, "{}", bad.1);
+    assert_eq!(
+        admin_call(
+            adm,
+            None,
+            "POST",
+            "/lb/backends/one/drain",
+            r#"{"deadline_ms": 400}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        admin_call(adm, None, "POST", "/lb/backends/two/drain", "").0,
+        200
+    );
+    let (_, body) = admin_call(adm, None, "GET", "/lb/stats", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let left = v["backends"][0]["drain_deadline_ms"].as_u64().unwrap();
+    assert!(left > 0 && left <= 400, "{left}");
+    assert!(v["backends"][1]["drain_deadline_ms"].is_null());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    // The connections of "one" were reset at its deadline; those of "two" still echo.
+    let mut cut = 0;
+    let mut alive = 0;
+    for s in conns.iter_mut() {
+        let mut b = [0u8; 2];
+        let r = s.write_all(b"hi").and_then(|_| s.read_exact(&mut b));
+        match r {
+            Ok(()) => alive += 1,
+            Err(e) => {
+                assert!(
+                    matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+                    "{e:?}"
+                );
+                cut += 1;
+            }
+        }
+    }
+    assert_eq!((cut, alive), (2, 2), "after {:?}", t0.elapsed());
+    let (_, body) = admin_call(adm, None, "GET", "/lb/stats", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["backends"][0]["active_connections"], 0,
+        "{}",
+        v["backends"][0]
+    );
+    // Undrained: the deadline is gone with the drain.
+    assert_eq!(
+        admin_call(adm, None, "POST", "/lb/backends/one/undrain", "").0,
+        200
+    );
+    let (_, body) = admin_call(adm, None, "GET", "/lb/stats", "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["backends"][0]["drain_deadline_ms"].is_null());
+}

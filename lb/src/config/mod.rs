@@ -5,6 +5,7 @@
 //! the file's sections. Each section has its own module with its file struct, its validated
 //! struct and one `build` function.
 
+pub mod access_log;
 pub mod admin;
 pub mod backends;
 pub mod cidr;
@@ -134,6 +135,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub limits: limits::FileLimits,
     #[serde(default)]
+    pub access_log: access_log::FileAccessLog,
+    #[serde(default)]
     pub services: Vec<services::FileService>,
     #[serde(default)]
     pub listeners: Vec<listeners::FileListener>,
@@ -160,6 +163,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
+    pub access_log: access_log::AccessLogConfig,
     /// The file this came from, for reloads.
     pub source: Option<PathBuf>,
 }
@@ -407,6 +411,7 @@ impl Config {
             pool: pool::build(&file.pool)?,
             admin,
             shutdown: shutdown::build(&file.shutdown)?,
+            access_log: access_log::build(&file.access_log)?,
             source,
         })
     }

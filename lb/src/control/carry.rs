@@ -37,6 +37,9 @@ pub struct CarriedBackend {
     pub ejected_ms: u64,
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// A drain's deadline, in ms from the handover.
+    #[serde(default)]
+    pub drain_deadline_ms: Option<u64>,
 }
 
 /// What this process would hand over now.
@@ -71,6 +74,9 @@ pub fn collect(shared: &Shared) -> Carried {
                             .ejected_left(now)
                             .map_or(0, |d| d.as_millis() as u64),
                         max_connections: b.max_connections,
+                        drain_deadline_ms: b
+                            .drain_deadline
+                            .map(|d| d.saturating_duration_since(now).as_millis() as u64),
                     })
                     .collect(),
             })
@@ -140,7 +146,10 @@ fn apply_service(svc: &Arc<Service>, cs: &CarriedService, now: Instant, done: &m
                 done.push(format!("{}: weight {w} of {:?} kept", svc.name, b.name));
             }
         }
-        if b.drained && svc.set.set_admin(&b.name, AdminState::Draining).is_ok() {
+        let deadline = b
+            .drain_deadline_ms
+            .map(|ms| Instant::now() + std::time::Duration::from_millis(ms));
+        if b.drained && svc.set.drain(&b.name, deadline).is_ok() {
             done.push(format!("{}: drain of {:?} kept", svc.name, b.name));
         }
         if b.down && svc.set.set_health(&b.name, Health::Down).is_ok() {

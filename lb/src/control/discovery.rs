@@ -16,9 +16,10 @@ use crate::shared::{Service, Shared};
 /// `shared.discover`, which a reload may change.
 pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
     std::thread::Builder::new().name("lb-discovery".into()).spawn(move || {
-        let cfg = &shared.config;
         let mut failing: BTreeSet<(String, String)> = BTreeSet::new();
         loop {
+            // The interval and hosts file in force: a reload may change them.
+            let cfg = shared.live.load_full();
             let routing = shared.routing.load_full();
             for svc in &routing.services {
                 let specs = svc.discover.load_full();
@@ -38,7 +39,11 @@ pub fn start(shared: Arc<Shared>) -> std::io::Result<()> {
                     }
                 }
             }
-            std::thread::sleep(cfg.discovery.interval);
+            // In steps, so that a reload's shorter interval applies now, not after the old one.
+            let since = std::time::Instant::now();
+            while since.elapsed() < shared.live.load().discovery.interval {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     })?;
     Ok(())

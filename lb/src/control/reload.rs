@@ -20,6 +20,79 @@ use crate::shared::{Listener, Routing, Service, Shared};
 /// applies it. Returns the routing generation in force, or why nothing changed. An invalid file
 /// leaves the running configuration untouched.
 pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
+    let r = apply_file(shared, overrides);
+    let report = match &r {
+        Ok((generation, not_applied)) => ReloadReport {
+            at_uptime_s: shared.lifecycle.uptime().as_secs_f64(),
+            ok: true,
+            generation: Some(*generation),
+            error: None,
+            not_applied: not_applied.iter().map(|k| k.to_string()).collect(),
+        },
+        Err(e) => ReloadReport {
+            at_uptime_s: shared.lifecycle.uptime().as_secs_f64(),
+            ok: false,
+            generation: None,
+            error: Some(e.clone()),
+            not_applied: Vec::new(),
+        },
+    };
+    *shared.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    r.map(|(g, _)| g)
+}
+
+/// The keys that changed in the file but apply only at a restart (or an upgrade, which is one).
+pub fn restart_only(old: &Config, next: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let (o, n) = (old, next);
+    for (changed, key) in [
+        (o.cores != n.cores, "cores"),
+        (o.pin != n.pin, "pin"),
+        (o.admin.listen != n.admin.listen, "admin.listen"),
+        (
+            o.admin.unix_socket != n.admin.unix_socket,
+            "admin.unix_socket",
+        ),
+        (
+            o.admin.max_connections != n.admin.max_connections,
+            "admin.max_connections",
+        ),
+        (o.relay.mode != n.relay.mode, "relay.mode"),
+        (
+            o.relay.buffer_size != n.relay.buffer_size,
+            "relay.buffer_size",
+        ),
+        (o.relay.max_head != n.relay.max_head, "relay.max_head"),
+        (o.relay.backlog != n.relay.backlog, "relay.backlog"),
+        (
+            o.relay.peek_memory != n.relay.peek_memory,
+            "relay.peek_memory",
+        ),
+        (
+            o.pool.idle_per_backend != n.pool.idle_per_backend,
+            "pool.idle_per_backend",
+        ),
+        (o.pool.max_age != n.pool.max_age, "pool.max_age_ms"),
+    ] {
+        if changed {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// What the last reload did, for `/lb/stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub at_uptime_s: f64,
+    pub ok: bool,
+    pub generation: Option<u64>,
+    pub error: Option<String>,
+    /// Keys that changed but need a restart.
+    pub not_applied: Vec<String>,
+}
+
+fn apply_file(shared: &Shared, overrides: &Overrides) -> Result<(u64, Vec<&'static str>), String> {
     let Some(path) = shared.config.source.clone() else {
         return Err("lb was started without --config: there is no file to re-read".into());
     };
@@ -77,19 +150,13 @@ pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
             ));
         }
     }
-    let mut restart_only = Vec::new();
-    if next.cores != old.cores {
-        restart_only.push("cores");
-    }
-    if next.admin != old.admin {
-        restart_only.push("admin");
-    }
-    if next.relay != old.relay {
-        restart_only.push("relay");
-    }
-    if next.pool != old.pool {
-        restart_only.push("pool");
-    }
+    // The access log's new file is opened before anything changes: a path lb cannot write
+    // refuses the whole reload.
+    shared
+        .access
+        .apply(&next.access_log)
+        .map_err(|e| e.to_string())?;
+    let restart_only = restart_only(old, &next);
     if !restart_only.is_empty() {
         tracing::warn!(keys = %restart_only.join(", "), "these keys changed but only take effect after a restart or upgrade");
     }
@@ -146,7 +213,7 @@ pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
                 .push((l.clone(), s));
         }
     }
-    Ok(generation)
+    Ok((generation, restart_only))
 }
 
 fn log_overrides(svc: &Service) {

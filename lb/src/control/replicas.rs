@@ -183,7 +183,7 @@ fn spawn(program: &Program, spec: &ReplicaSpec) -> std::io::Result<Child> {
     // SAFETY: prctl is async-signal-safe and touches only the child's own state.
     unsafe {
         cmd.pre_exec(|| {
-            // lb blocks SIGTERM/SIGINT/SIGHUP in every thread (one thread takes them with
+            // lb blocks SIGTERM/SIGINT/SIGHUP/SIGUSR1 in every thread (one thread takes them with
             // sigwait); a child would inherit that mask and ignore both PDEATHSIG and kill.
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);

@@ -161,10 +161,10 @@ pub fn serve(path: PathBuf, shared: Arc<Shared>, admin_fd: Option<RawFd>) -> io:
                         // not unlink them from under it.
                         exit::forget_all();
                         tracing::info!(
-                            grace_ms = shared.config.shutdown.grace.as_millis() as u64,
+                            grace_ms = shared.live.load().shutdown.grace.as_millis() as u64,
                             "listeners handed to the new process: draining"
                         );
-                        shared.lifecycle.stop(shared.config.shutdown.grace);
+                        shared.lifecycle.stop(shared.live.load().shutdown.grace);
                         return;
                     }
                     Err(e) => tracing::warn!(error = %e, "takeover attempt failed; still serving"),

@@ -24,6 +24,8 @@ pub enum Cut {
     Shutdown,
     /// Older than its maximum lifetime, and quiet for a moment: a clean close.
     Lifetime,
+    /// Its backend's drain deadline passed.
+    Drained,
 }
 
 /// A connection past its lifetime is closed once it has been quiet this long, so that a close
@@ -41,6 +43,10 @@ struct Entry {
     /// Bytes relayed so far, to the backend and to the client: known however the relay ends.
     to_backend: u64,
     to_client: u64,
+    /// Which side's EOF came first (for the access log's client_fin / backend_fin).
+    first_eof: Option<bool>,
+    /// Its backend (an identity, see [`IdleGuard::for_backend`]), for a drain's deadline.
+    backend: usize,
 }
 
 /// One per core.
@@ -89,6 +95,8 @@ impl IdleTimer {
             waker: None,
             to_backend: 0,
             to_client: 0,
+            first_eof: None,
+            backend: 0,
         });
         if !self.sweeping.replace(true) {
             lb_common::task::spawn_guarded("idle-sweeper", sweep(self.clone()));
@@ -110,6 +118,29 @@ impl IdleTimer {
                 n += 1;
             }
         }
+        due.into_iter().for_each(Waker::wake);
+        n
+    }
+
+    /// Bytes relayed so far by the connection registered as `key`: (to the backend, to the
+    /// client).
+    pub fn bytes_of(&self, key: usize) -> (u64, u64) {
+        self.entries
+            .borrow()
+            .get(key)
+            .map_or((0, 0), |e| (e.to_backend, e.to_client))
+    }
+
+    /// Cuts every connection to `backend` (its drain deadline passed); returns how many.
+    pub fn cut_backend(&self, backend: usize) -> usize {
+        let mut due = Vec::new();
+        for (_, e) in self.entries.borrow_mut().iter_mut() {
+            if e.backend == backend && e.cut.is_none() {
+                e.cut = Some(Cut::Drained);
+                due.extend(e.waker.take());
+            }
+        }
+        let n = due.len();
         due.into_iter().for_each(Waker::wake);
         n
     }
@@ -171,11 +202,36 @@ impl IdleGuard {
 
     /// Bytes relayed so far: (to the backend, to the client).
     pub fn bytes(&self) -> (u64, u64) {
+        self.timer.bytes_of(self.key)
+    }
+
+    /// The connection relays to `backend` (any identity unique among backends, e.g. the
+    /// address of its counters): [`IdleTimer::cut_backend`] cuts it.
+    pub fn for_backend(&self, backend: usize) {
+        if let Some(e) = self.timer.entries.borrow_mut().get_mut(self.key) {
+            e.backend = backend;
+        }
+    }
+
+    /// This connection's key in its core's timer.
+    pub fn key(&self) -> usize {
+        self.key
+    }
+
+    /// One side sent its EOF (`from_client`: the client's); the first one is kept.
+    pub fn eof(&self, from_client: bool) {
+        if let Some(e) = self.timer.entries.borrow_mut().get_mut(self.key) {
+            e.first_eof.get_or_insert(from_client);
+        }
+    }
+
+    /// Whose EOF came first: Some(true) the client's, Some(false) the backend's.
+    pub fn first_eof(&self) -> Option<bool> {
         self.timer
             .entries
             .borrow()
             .get(self.key)
-            .map_or((0, 0), |e| (e.to_backend, e.to_client))
+            .and_then(|e| e.first_eof)
     }
 
     /// Resolves once the connection has been idle for the timeout, or was cut.

@@ -111,6 +111,7 @@ where
                 Err(Cut::Idle) => Err(RelayError::Idle),
                 Err(Cut::Shutdown) => Err(RelayError::Shutdown),
                 Err(Cut::Lifetime) => Err(RelayError::Lifetime),
+                Err(Cut::Drained) => Err(RelayError::Drained),
             };
             if r.as_ref()
                 .is_err_and(|e| !matches!(e, RelayError::Lifetime))

@@ -103,6 +103,7 @@ async fn copy_half(
         };
         match outcome {
             None => {
+                idle.eof(from_side == Side::Client);
                 // EOF: half-close the other side, keep the other direction running.
                 // SAFETY: plain shutdown(2) on a socket this connection owns.
                 unsafe { libc::shutdown(wfd, libc::SHUT_WR) };

@@ -38,6 +38,9 @@ pub enum RelayError {
     /// Past its maximum lifetime and quiet: closed cleanly, not reset.
     #[error("past its maximum lifetime")]
     Lifetime,
+    /// Its backend's drain deadline passed.
+    #[error("cut at its backend's drain deadline")]
+    Drained,
 }
 
 impl RelayError {
@@ -101,6 +104,7 @@ async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
         let n = res.map_err(|source| RelayError::io(from_side, source))?;
         idle.touch();
         if n == 0 {
+            idle.eof(from_side == Side::Client);
             // Half-close: tell the other side we are done writing, keep the other direction.
             let _ = to.shutdown().await;
             return Ok(total);

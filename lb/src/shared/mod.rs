@@ -2,6 +2,7 @@
 //! other way round for counters). Everything here is `Send + Sync`; the data path reads it without
 //! a lock.
 
+pub mod access_log;
 pub mod counters;
 pub mod exit;
 pub mod fds;
@@ -100,6 +101,9 @@ pub struct Shared {
     pub ready: AtomicUsize,
     /// How many client connections the descriptor limit leaves room for.
     pub fds: fds::FdBudget,
+    pub access: Arc<access_log::AccessLog>,
+    /// What the last SIGHUP did.
+    pub last_reload: Mutex<Option<crate::control::reload::ReloadReport>>,
 }
 
 impl Shared {
@@ -109,6 +113,7 @@ impl Shared {
         config: Config,
         listeners: Vec<(ListenerConfig, SocketAddr, Vec<RawFd>)>,
         admin: Option<SocketAddr>,
+        access: Arc<access_log::AccessLog>,
     ) -> Arc<Shared> {
         let cores = config.cores;
         let services: Vec<Arc<Service>> = config
@@ -129,6 +134,8 @@ impl Shared {
             + 8 * cores
             + 32;
         Arc::new(Shared {
+            access,
+            last_reload: Mutex::new(None),
             fds: fds::FdBudget::new(reserve as u64),
             routing: ArcSwap::from_pointee(Routing {
                 generation: 1,

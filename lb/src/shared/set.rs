@@ -70,6 +70,8 @@ pub struct Backend {
     pub max_connections: Option<u32>,
     pub origin: Origin,
     pub admin: AdminState,
+    /// A drain's deadline: its connections still open then are closed (None: they may finish).
+    pub drain_deadline: Option<Instant>,
     pub health: Health,
     /// When the backend last became eligible at run time (added, back up, or undrained): slow
     /// start counts from it. `None` for the backends lb started with: no ramp at start-up.
@@ -153,6 +155,7 @@ impl BackendSet {
                 max_connections: b.max_connections,
                 origin: Origin::Config,
                 admin: AdminState::Active,
+                drain_deadline: None,
                 health: Health::Up,
                 since: None,
                 counters: Arc::new(BackendCounters::new(cores)),
@@ -249,6 +252,7 @@ impl BackendSet {
             max_connections: cfg.max_connections,
             origin,
             admin: AdminState::Active,
+            drain_deadline: None,
             health: Health::Up,
             since: Some(Instant::now()),
             counters: Arc::new(BackendCounters::new(self.cores)),
@@ -339,7 +343,21 @@ impl BackendSet {
             if changed && admin == AdminState::Active {
                 b.since = Some(Instant::now());
             }
+            if admin == AdminState::Active {
+                b.drain_deadline = None;
+            }
             b.admin = admin;
+            changed
+        })
+    }
+
+    /// A drain whose connections still open at `deadline` are closed then (None: a drain
+    /// without one, its connections may finish).
+    pub fn drain(&self, name: &str, deadline: Option<Instant>) -> Result<u64, SetError> {
+        self.modify(name, |b| {
+            let changed = b.admin != AdminState::Draining || b.drain_deadline != deadline;
+            b.admin = AdminState::Draining;
+            b.drain_deadline = deadline;
             changed
         })
     }

@@ -14,12 +14,16 @@ use crate::config::{AcceptProxy, KeySource, RelayMode, SendProxy};
 use crate::proxy::http::peek_key;
 use crate::proxy::prefix::{Prefix, PrefixError};
 use crate::proxy::proxy_header::{self, Accept};
+use crate::proxy::tcp::{RelayError, Side};
 use crate::proxy::tls::{self, peek_sni};
 use crate::proxy::{abort_on_close, readiness, set_keepalive, tcp};
+use crate::shared::access_log::End;
 use crate::shared::ips::Refused;
 use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::Listener;
 
+use super::access_log::Record;
+use super::upstream::{ConnectError, Connected};
 use super::Core;
 
 /// Why a client was closed before a service was chosen, for the log.
@@ -29,7 +33,9 @@ fn refuse(
     peer: SocketAddr,
     why: &str,
     e: Option<&std::io::Error>,
+    log: &Record,
 ) {
+    log.end(End::Protocol);
     listener
         .counters
         .add(core.index, listener_counter::REFUSED, 1);
@@ -51,7 +57,13 @@ fn deny(
     client_addr: SocketAddr,
     counter: usize,
     why: &str,
+    log: &Record,
 ) {
+    log.end(match counter {
+        listener_counter::PER_IP => End::Limit,
+        listener_counter::RATE => End::RateLimit,
+        _ => End::Denied,
+    });
     listener.counters.add(core.index, counter, 1);
     abort_on_close(client.as_raw_fd());
     core.refusals.warn(|suppressed| {
@@ -66,12 +78,16 @@ pub(super) async fn handle(
     core: &Core,
 ) {
     let _ = client.set_nodelay(true);
+    // The access log's record of this connection (empty with the log off): its line is
+    // written when it drops, however the connection ends.
+    let log = core.log.open(&listener.name, peer);
     let lcfg = listener.config.load_full();
     let top = &core.shared.config;
     // Everything read before a backend is chosen lives in one bounded buffer, leased from the
-    // core's peek budget and read within the top-level `timeouts.peek_ms`.
+    // core's peek budget and read within the top-level `timeouts.peek_ms` (the one in force).
     let limit = top.relay.max_head.max(tls::MAX_HELLO) + proxy_header::V2_MAX;
-    let mut prefix = Prefix::new(&core.peeks, limit, top.timeouts.peek);
+    let peek = core.shared.live.load().timeouts.peek;
+    let mut prefix = Prefix::new(&core.peeks, limit, peek);
 
     // A PROXY header, only from a trusted balancer; its source is the client from then on.
     let mut client_addr = peer;
@@ -84,6 +100,7 @@ pub(super) async fn handle(
                 peer,
                 "PROXY header expected from an untrusted source",
                 None,
+                &log,
             );
         }
         let accept = match lcfg.accept_proxy {
@@ -105,9 +122,19 @@ pub(super) async fn handle(
                 if let Some(src) = h.source() {
                     client_addr = SocketAddr::new(src.ip().to_canonical(), src.port());
                     destination = h.destination();
+                    log.client(client_addr);
                 }
             }
-            Err(e) => return refuse(core, listener, peer, "no valid PROXY header", Some(&e)),
+            Err(e) => {
+                return refuse(
+                    core,
+                    listener,
+                    peer,
+                    "no valid PROXY header",
+                    Some(&e),
+                    &log,
+                )
+            }
         }
     }
 
@@ -121,6 +148,7 @@ pub(super) async fn handle(
             client_addr,
             listener_counter::DENIED,
             "denied by the access list",
+            &log,
         );
     }
     let _source = if lcfg.limits.per_ip() {
@@ -142,7 +170,7 @@ pub(super) async fn handle(
                     ),
                     Refused::Full => (listener_counter::PER_IP, "too many sources tracked"),
                 };
-                return deny(core, listener, &client, client_addr, counter, what);
+                return deny(core, listener, &client, client_addr, counter, what, &log);
             }
         }
     } else {
@@ -154,7 +182,10 @@ pub(super) async fn handle(
     let lcfg_reads_sni = lcfg.route.reads_sni();
     if lcfg_reads_sni {
         match Box::pin(peek_sni(&mut prefix, &mut client)).await {
-            Ok(s) => sni = s,
+            Ok(s) => {
+                log.sni(s.as_deref());
+                sni = s
+            }
             Err(e) => {
                 return refuse(
                     core,
@@ -162,6 +193,7 @@ pub(super) async fn handle(
                     client_addr,
                     "malformed TLS ClientHello",
                     Some(&e),
+                    &log,
                 )
             }
         }
@@ -173,6 +205,7 @@ pub(super) async fn handle(
             client_addr,
             "no route for this server name and no default_service",
             None,
+            &log,
         );
     };
     let Some(svc) = core.service(name) else {
@@ -182,9 +215,11 @@ pub(super) async fn handle(
             client_addr,
             "the listener's service is gone",
             None,
+            &log,
         );
     };
     drop(lcfg);
+    log.service(&svc.service.name);
     let cfg = svc.service.config.load_full();
     if !cfg.limits.access.permits(client_addr.ip()) {
         return deny(
@@ -194,6 +229,7 @@ pub(super) async fn handle(
             client_addr,
             listener_counter::DENIED,
             "denied by the service's access list",
+            &log,
         );
     }
 
@@ -207,7 +243,10 @@ pub(super) async fn handle(
                 // Read already when the listener routes by it; else read it now.
                 if !lcfg_reads_sni {
                     match Box::pin(peek_sni(&mut prefix, &mut client)).await {
-                        Ok(s) => sni = s,
+                        Ok(s) => {
+                            log.sni(s.as_deref());
+                            sni = s
+                        }
                         Err(e) => {
                             return refuse(
                                 core,
@@ -215,6 +254,7 @@ pub(super) async fn handle(
                                 client_addr,
                                 "malformed TLS ClientHello",
                                 Some(&e),
+                                &log,
                             )
                         }
                     }
@@ -232,6 +272,7 @@ pub(super) async fn handle(
                             client_addr,
                             "no request head in time",
                             Some(&e),
+                            &log,
                         )
                     }
                 }
@@ -240,9 +281,27 @@ pub(super) async fn handle(
     };
     let replay = prefix.into_bytes();
 
-    let (mut backend, active) = match Box::pin(svc.upstream.connect(key)).await {
+    let Connected {
+        stream: mut backend,
+        active,
+        address,
+        queued,
+    } = match Box::pin(svc.upstream.connect(key)).await {
         Ok(x) => x,
         Err(e) => {
+            log.end(match &e {
+                ConnectError::NoneAvailable => End::NoBackend,
+                ConnectError::AllFailed { tries, .. } => {
+                    log.attempts(*tries, std::time::Duration::ZERO);
+                    End::ConnectFailed
+                }
+                ConnectError::QueueTimeout(waited) => {
+                    log.attempts(0, *waited);
+                    End::QueueTimeout
+                }
+                ConnectError::QueueFull => End::QueueFull,
+                ConnectError::Local(_) => End::Local,
+            });
             core.shared.cores.no_backend(core.index);
             svc.service
                 .counters
@@ -251,6 +310,12 @@ pub(super) async fn handle(
             return;
         }
     };
+    log.attempts(active.attempts, queued);
+    log.connected(
+        active.backend(),
+        address,
+        active.connect_time.saturating_sub(queued),
+    );
     // First to the backend: the PROXY header (for this backend: a retry wrote none to the ones
     // that failed, nothing having been sent), then what was read of the client so far.
     let mut first = match cfg.send_proxy {
@@ -276,6 +341,7 @@ pub(super) async fn handle(
         let (res, _) = Box::pin(backend.write_all(first)).await;
         if let Err(e) = res {
             tracing::debug!(%client_addr, error = %e, "backend failed while taking the client's first bytes");
+            log.end(io_end(Side::Backend, &e));
             // The client's request was cut: it must not see a clean close.
             abort_on_close(client.as_raw_fd());
             return;
@@ -288,6 +354,8 @@ pub(super) async fn handle(
     let idle = core
         .idle
         .register_with_lifetime(cfg.timeouts.idle, cfg.timeouts.max_lifetime);
+    log.relaying(idle.key());
+    idle.for_backend(active.backend_id());
     let result = match top.relay.mode {
         // Boxed: each mode's future is allocated at its own size instead of the connection
         // carrying the larger of the two.
@@ -307,6 +375,18 @@ pub(super) async fn handle(
     // prefix counts as relayed: it is the first bytes the backend gets from the client.
     let (up, down) = idle.bytes();
     active.set_bytes(up + replayed, down);
+    log.bytes(up + replayed, down);
+    log.end(match &result {
+        Ok(_) => match idle.first_eof() {
+            Some(false) => End::BackendFin,
+            _ => End::ClientFin,
+        },
+        Err(RelayError::Io { side, source }) => io_end(*side, source),
+        Err(RelayError::Idle) => End::IdleTimeout,
+        Err(RelayError::Shutdown) => End::Shutdown,
+        Err(RelayError::Lifetime) => End::Lifetime,
+        Err(RelayError::Drained) => End::DrainDeadline,
+    });
     match result {
         Ok(_) => {
             tracing::trace!(%client_addr, backend = active.backend(), up = up + replayed, down, "connection done")
@@ -314,5 +394,17 @@ pub(super) async fn handle(
         Err(e) => {
             tracing::debug!(%client_addr, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
         }
+    }
+}
+
+/// An I/O error's side and kind, as the access log says it.
+fn io_end(side: Side, e: &std::io::Error) -> End {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let reset = matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
+    match (side, reset) {
+        (Side::Client, true) => End::ClientReset,
+        (Side::Client, false) => End::ClientError,
+        (Side::Backend, true) => End::BackendReset,
+        (Side::Backend, false) => End::BackendError,
     }
 }

@@ -3,6 +3,7 @@
 //! control plane only in [`crate::shared`].
 
 mod accept;
+pub mod access_log;
 mod connection;
 pub mod pool;
 pub mod queue;
@@ -53,10 +54,14 @@ pub fn run(
     }
     // Startup-only hand-over; the data path takes no lock.
     let per_worker = Mutex::new(per_worker);
-    run_workers(&opts, move |ctx| {
+    let access = shared.access.clone();
+    let ran = run_workers(&opts, move |ctx| {
         let mine = std::mem::take(&mut per_worker.lock().unwrap()[ctx.index]);
         worker(ctx, mine, shared.clone())
-    })?;
+    });
+    // Every core handed its last lines over when its runtime ended: wait until they are out.
+    access.flush(Duration::from_secs(2));
+    ran?;
     Ok(())
 }
 
@@ -85,6 +90,7 @@ struct Core {
     loops: Cell<usize>,
     /// Clients refused before a service was chosen: one warning per 5 s per core.
     refusals: lb_common::logging::RateLimited,
+    log: Rc<access_log::CoreLog>,
 }
 
 impl Core {
@@ -129,6 +135,23 @@ impl Core {
             .cloned()
     }
 
+    /// Cuts this core's connections to backends past their drain deadline.
+    fn cut_drained(&self) {
+        let now = Instant::now();
+        let services = self.services.borrow();
+        for svc in &services.list {
+            for b in &svc.service.set.load().backends {
+                if b.drain_deadline.is_some_and(|d| now >= d) && b.counters.active() > 0 {
+                    let id = Arc::as_ptr(&b.counters) as usize;
+                    let n = self.idle.cut_backend(id);
+                    if n > 0 {
+                        tracing::info!(worker = self.index, service = %svc.service.name, backend = ?b.name, connections = n, "drain deadline passed: closing the backend's remaining connections");
+                    }
+                }
+            }
+        }
+    }
+
     /// Starts accepting on `socket` of `listener` on this core.
     fn start_accepting(self: &Rc<Self>, listener: Arc<Listener>, socket: StdListener) {
         self.loops.set(self.loops.get() + 1);
@@ -147,6 +170,8 @@ async fn worker(ctx: WorkerCtx, sockets: Vec<(Arc<Listener>, StdListener)>, shar
         listeners = sockets.len(),
         "worker started"
     );
+    let idle = IdleTimer::new();
+    let log = access_log::CoreLog::new(shared.access.clone(), shared.config.cores, idle.clone());
     let core = Rc::new(Core {
         index: ctx.index,
         services: RefCell::new(CoreServices {
@@ -157,7 +182,8 @@ async fn worker(ctx: WorkerCtx, sockets: Vec<(Arc<Listener>, StdListener)>, shar
             max_buffer: shared.config.relay.buffer_size,
         },
         scratch: Scratch::new(shared.config.relay.buffer_size),
-        idle: IdleTimer::new(),
+        idle,
+        log,
         peeks: PeekBudget::new(shared.config.relay.peek_memory),
         loops: Cell::new(0),
         refusals: Default::default(),
@@ -178,6 +204,16 @@ async fn worker(ctx: WorkerCtx, sockets: Vec<(Arc<Listener>, StdListener)>, shar
     for (listener, socket) in sockets {
         core.start_accepting(listener, socket);
     }
+    // Every 100 ms: the access log's buffer out and its periodic lines, and the connections of
+    // backends whose drain deadline passed cut.
+    let ticking = core.clone();
+    spawn_guarded("core-tick", async move {
+        loop {
+            monoio::time::sleep(access_log::FLUSH_EVERY).await;
+            ticking.log.tick();
+            ticking.cut_drained();
+        }
+    });
     // Listeners a reload adds arrive in this core's inbox.
     let lifecycle = &core.shared.lifecycle;
     while !lifecycle.stopping() || core.loops.get() > 0 {
@@ -227,5 +263,7 @@ async fn worker(ctx: WorkerCtx, sockets: Vec<(Arc<Listener>, StdListener)>, shar
         }
         monoio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The lines of the connections that just ended go out now: the process exits next.
+    core.log.flush();
     tracing::info!(worker = ctx.index, "worker stopped");
 }

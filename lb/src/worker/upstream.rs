@@ -113,6 +113,15 @@ pub struct CoreUpstream {
 }
 
 /// Marks one connection to a backend as open in the shared counts until dropped.
+/// A backend connection, and how it was got.
+pub struct Connected {
+    pub stream: TcpStream,
+    pub active: ActiveConn,
+    pub address: std::net::SocketAddr,
+    /// Time spent waiting in the queue for a slot.
+    pub queued: Duration,
+}
+
 pub struct ActiveConn {
     counters: Arc<BackendCounters>,
     backend: String,
@@ -129,6 +138,11 @@ pub struct ActiveConn {
 impl ActiveConn {
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+
+    /// Its backend's identity among this process's backends (the address of its counters).
+    pub fn backend_id(&self) -> usize {
+        Arc::as_ptr(&self.counters) as usize
     }
 
     /// Bytes relayed (to the backend, to the client), counted when the connection ends.
@@ -312,7 +326,7 @@ impl CoreUpstream {
     /// Connects to a chosen backend, retrying refused or timed-out connects on other backends
     /// within the configured tries and time budget. Nothing has been sent upstream yet, so a retry
     /// is always safe here.
-    pub async fn connect(&self, key: Option<u64>) -> Result<(TcpStream, ActiveConn), ConnectError> {
+    pub async fn connect(&self, key: Option<u64>) -> Result<Connected, ConnectError> {
         self.refresh();
         let cfg = self.service.config.load_full();
         let (retry, connect_timeout) = (cfg.retry, cfg.timeouts.connect);
@@ -380,11 +394,13 @@ impl CoreUpstream {
             if let Some(stream) = pool.take() {
                 pool.refill();
                 backend.counters.opened(self.core, None);
-                self.leave_queue(&mut place, start, true);
-                return Ok((
+                let queued = self.leave_queue(&mut place, start, true);
+                return Ok(Connected {
                     stream,
-                    self.active(&backend, claim, n_tried, start.elapsed()),
-                ));
+                    active: self.active(&backend, claim, n_tried, start.elapsed()),
+                    address: backend.address,
+                    queued,
+                });
             }
             pool.refill();
             let remaining = retry.budget.saturating_sub(start.elapsed());
@@ -394,11 +410,13 @@ impl CoreUpstream {
                     let took = now.elapsed();
                     self.record_success(&local, &backend, took);
                     backend.counters.opened(self.core, Some(took));
-                    self.leave_queue(&mut place, start, true);
-                    return Ok((
+                    let queued = self.leave_queue(&mut place, start, true);
+                    return Ok(Connected {
                         stream,
-                        self.active(&backend, claim, n_tried, start.elapsed()),
-                    ));
+                        active: self.active(&backend, claim, n_tried, start.elapsed()),
+                        address: backend.address,
+                        queued,
+                    });
                 }
                 // Out of descriptors or memory: lb's own shortage, not the backend's. Nothing
                 // is ejected or counted against it, and another backend would fare no better.
@@ -475,8 +493,12 @@ impl CoreUpstream {
     }
 
     /// Leaves this core's queue (if the client waited in it), counting how it went.
-    fn leave_queue(&self, place: &mut Option<Place>, since: Instant, served: bool) {
-        if place.take().is_some() {
+    fn leave_queue(&self, place: &mut Option<Place>, since: Instant, served: bool) -> Duration {
+        if place.take().is_none() {
+            return Duration::ZERO;
+        }
+        let waited = since.elapsed();
+        {
             let c = &self.service.counters;
             c.sub(self.core, service_counter::QUEUED, 1);
             c.add(
@@ -491,9 +513,10 @@ impl CoreUpstream {
             c.add(
                 self.core,
                 service_counter::QUEUE_WAIT_US,
-                since.elapsed().as_micros() as u64,
+                waited.as_micros() as u64,
             );
         }
+        waited
     }
 
     /// Clients waiting on this core now.

@@ -463,6 +463,27 @@ impl Collector for LbCollector {
                 ConstCounter::new(shared.fds.pauses.load(std::sync::atomic::Ordering::Relaxed)),
             )],
         )?;
+        let access = &shared.access;
+        family(
+            &mut enc,
+            "lb_access_log_lines",
+            "Access log lines handed to the writer.",
+            MetricType::Counter,
+            [(
+                none(),
+                ConstCounter::new(access.lines.load(std::sync::atomic::Ordering::Relaxed)),
+            )],
+        )?;
+        family(
+            &mut enc,
+            "lb_access_log_dropped",
+            "Access log lines lost to the rate cap (access_log.max_lines_per_s) or a writer behind.",
+            MetricType::Counter,
+            [(
+                none(),
+                ConstCounter::new(access.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+            )],
+        )?;
         Ok(())
     }
 }

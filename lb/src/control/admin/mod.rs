@@ -179,7 +179,8 @@ where
     ctx.slots.open.set(ctx.slots.open.get() + 1);
     let ctx = ctx.clone();
     lb_common::task::spawn_guarded("admin-connection", async move {
-        let deadline = ctx.shared.config.admin.request_timeout;
+        // The admin settings in force: a reload can rotate the token or change these.
+        let deadline = ctx.shared.live.load().admin.request_timeout;
         let _ = monoio::time::timeout(deadline, connection(stream, via, &ctx)).await;
         ctx.slots.open.set(ctx.slots.open.get() - 1);
     });
@@ -188,7 +189,7 @@ where
 /// One request, one answer, then close. The caller bounds the whole of it.
 async fn connection<S: AsyncReadRent + AsyncWriteRent>(mut stream: S, via: Via, ctx: &Ctx) {
     let response = match read_request(&mut stream).await {
-        Ok(Some(req)) => match guard::check(&req, via, &ctx.shared.config.admin) {
+        Ok(Some(req)) => match guard::check(&req, via, &ctx.shared.live.load().admin) {
             Ok(()) => handle(&req, ctx).await,
             Err(r) => Response::error(r.status, r.message),
         },

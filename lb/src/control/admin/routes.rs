@@ -83,6 +83,17 @@ struct SetWeight {
     weight: u32,
 }
 
+/// The optional body of `POST /lb/backends/NAME/drain`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Drain {
+    /// Close the connections still open after this long (absent: they may finish).
+    deadline_ms: Option<u64>,
+}
+
+/// The largest drain deadline: a day.
+const MAX_DRAIN_DEADLINE_MS: u64 = 86_400_000;
+
 /// The body of `POST /lb/backends`, checked except for its address (resolved off this thread).
 pub fn parse_add(body: &[u8]) -> Result<AddBackend, String> {
     let add: AddBackend = serde_json::from_slice(body).map_err(|e| {
@@ -265,20 +276,46 @@ fn backend_route(req: &Request, svc: &Service, rest: &[&str]) -> Response {
                 format!("body must be {{\"weight\": N}} with N from 1 to {MAX_WEIGHT}"),
             ),
         },
-        ("POST", [name, action @ ("drain" | "undrain")]) => {
-            let state = if *action == "drain" {
-                AdminState::Draining
+        ("POST", [name, "drain"]) => {
+            let body = if req.body.iter().all(u8::is_ascii_whitespace) {
+                Ok(Drain::default())
             } else {
-                AdminState::Active
+                serde_json::from_slice::<Drain>(&req.body)
             };
-            match set.set_admin(name, state) {
+            let deadline_ms = match body {
+                Ok(Drain {
+                    deadline_ms: Some(ms),
+                }) if ms == 0 || ms > MAX_DRAIN_DEADLINE_MS => {
+                    return Response::error(
+                        400,
+                        format!("deadline_ms must be from 1 to {MAX_DRAIN_DEADLINE_MS}"),
+                    )
+                }
+                Ok(d) => d.deadline_ms,
+                Err(_) => {
+                    return Response::error(
+                        400,
+                        "body must be empty or {\"deadline_ms\": N}: close what is still open after N ms",
+                    )
+                }
+            };
+            let deadline = deadline_ms
+                .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+            match set.drain(name, deadline) {
                 Ok(g) => {
-                    tracing::info!(service = %svc.name, backend = ?name, action = %action, generation = g, "admin: backend state changed");
+                    tracing::info!(service = %svc.name, backend = ?name, deadline_ms, generation = g, "admin: backend draining");
                     changed(g)
                 }
                 Err(e) => set_error(e),
             }
         }
+        ("POST", [name, "undrain"]) => match set.set_admin(name, AdminState::Active) {
+            Ok(g) => {
+                tracing::info!(service = %svc.name, backend = ?name, generation = g, "admin: backend undrained");
+                changed(g)
+            }
+            Err(e) => set_error(e),
+        },
         _ => Response::error(
             405,
             format!("{} is not allowed on {}", req.method, req.path),

@@ -36,6 +36,8 @@ pub struct BackendStats {
     /// Its max_connections (null: no limit) and the connections holding its slots now.
     pub max_connections: Option<u32>,
     pub slots_taken: u64,
+    /// Time left before a drain closes what is still open (null: no deadline).
+    pub drain_deadline_ms: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -132,6 +134,19 @@ pub struct Stats {
     pub services: Vec<ServiceStats>,
     pub listeners: Vec<ListenerStats>,
     pub cores: Vec<CoreStats>,
+    pub access_log: AccessLogStats,
+    /// What the last SIGHUP did (null: none yet).
+    pub reload: Option<crate::control::reload::ReloadReport>,
+}
+
+#[derive(Serialize)]
+pub struct AccessLogStats {
+    pub enabled: bool,
+    /// null: stderr.
+    pub path: Option<String>,
+    pub format: &'static str,
+    pub lines: u64,
+    pub dropped: u64,
 }
 
 pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
@@ -166,6 +181,10 @@ pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
                 },
                 max_connections: b.max_connections,
                 slots_taken: b.counters.claimed(),
+                drain_deadline_ms: b.drain_deadline.map(|d| {
+                    d.saturating_duration_since(std::time::Instant::now())
+                        .as_millis() as u64
+                }),
             }
         })
         .collect()
@@ -332,6 +351,22 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         services: services_json(shared),
         listeners: listeners_json(shared),
         cores,
+        access_log: {
+            let a = &shared.access;
+            let c = a.config();
+            AccessLogStats {
+                enabled: c.enabled,
+                path: c.path.as_ref().map(|p| p.display().to_string()),
+                format: c.format.name(),
+                lines: a.lines.load(std::sync::atomic::Ordering::Relaxed),
+                dropped: a.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            }
+        },
+        reload: shared
+            .last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     };
     serde_json::to_value(s).unwrap_or_default()
 }
