@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::config::backends::is_own_address;
 use crate::config::{Config, FileConfig, Overrides};
 use crate::shared::set::Override;
-use crate::shared::{Listener, Routing, Service, Shared};
+use crate::shared::{Listener, ReloadReport, Routing, Service, Shared};
 
 /// Re-reads `shared.config.source` with the same environment and command-line overrides and
 /// applies it. Returns the routing generation in force, or why nothing changed. An invalid file
@@ -79,17 +79,6 @@ pub fn restart_only(old: &Config, next: &Config) -> Vec<&'static str> {
         }
     }
     keys
-}
-
-/// What the last reload did, for `/lb/stats`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ReloadReport {
-    pub at_uptime_s: f64,
-    pub ok: bool,
-    pub generation: Option<u64>,
-    pub error: Option<String>,
-    /// Keys that changed but need a restart.
-    pub not_applied: Vec<String>,
 }
 
 fn apply_file(shared: &Shared, overrides: &Overrides) -> Result<(u64, Vec<&'static str>), String> {

@@ -79,6 +79,17 @@ impl Default for Lifecycle {
     }
 }
 
+/// What the last reload did, for `/lb/stats`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub at_uptime_s: f64,
+    pub ok: bool,
+    pub generation: Option<u64>,
+    pub error: Option<String>,
+    /// Keys that changed but need a restart.
+    pub not_applied: Vec<String>,
+}
+
 /// A listener a reload added, and one of its sockets for a core.
 pub type NewListener = (Arc<Listener>, StdListener);
 
@@ -103,7 +114,7 @@ pub struct Shared {
     pub fds: fds::FdBudget,
     pub access: Arc<access_log::AccessLog>,
     /// What the last SIGHUP did.
-    pub last_reload: Mutex<Option<crate::control::reload::ReloadReport>>,
+    pub last_reload: Mutex<Option<ReloadReport>>,
 }
 
 impl Shared {

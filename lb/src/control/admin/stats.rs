@@ -136,7 +136,7 @@ pub struct Stats {
     pub cores: Vec<CoreStats>,
     pub access_log: AccessLogStats,
     /// What the last SIGHUP did (null: none yet).
-    pub reload: Option<crate::control::reload::ReloadReport>,
+    pub reload: Option<crate::shared::ReloadReport>,
 }
 
 #[derive(Serialize)]
