@@ -719,6 +719,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_service_backend_keeps_its_max_connections() {
+        // It was dropped: [[services.backends]] went through the path that ignores the key.
+        let c = build(
+            "[[services]]\nname = \"web\"\n[[services.backends]]\naddress = \"127.0.0.1:9001\"\nmax_connections = 7\n\
+             [[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\nservice = \"web\"\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.service("web").unwrap().backends[0].max_connections,
+            Some(7)
+        );
+        assert!(err(
+            "[[services]]\nname = \"web\"\n[[services.backends]]\naddress = \"127.0.0.1:9001\"\nmax_connections = 0\n\
+             [[listeners]]\nname = \"l\"\naddress = \"127.0.0.1:0\"\nservice = \"web\"\n"
+        )
+        .contains("services[0].backends[0].max_connections"));
+    }
+
     fn err(toml: &str) -> String {
         build(toml, Overrides::default()).unwrap_err().to_string()
     }

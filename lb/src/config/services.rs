@@ -125,12 +125,7 @@ pub fn build(
         if b.discover == Some(true) {
             discover.push(backends::discover(&key, b)?);
         } else {
-            fixed.push(backends::backend(
-                &key,
-                &b.address,
-                b.name.as_deref(),
-                b.weight,
-            )?);
+            fixed.push(backends::from_file(&key, b)?);
         }
     }
     let (key, hash) = match &f.hash {
