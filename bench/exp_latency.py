@@ -18,10 +18,11 @@ The second part, "turns slow": the same three backends under --rate for --slow-d
 endpoint (POST /admin/latency). loadgen's --timeline-ms buckets say which server answered when
 (timeline[].servers), so the timeline shows how fast each algorithm moves traffic off s1.
 
-lb's least_response_time scores backends by the peak-EWMA of their connect time (issue 17: time
-to first byte is next). On loopback a connect is the kernel's handshake, the same for all three,
-so what this measures today is the problem: only the open connections that pile up on a slow
-backend steer clients away.
+lb's least_response_time scores backends by the peak-EWMA of their time to first byte (issue 17,
+`[response_time] metric = "first_byte"`, the default); `--lrt-metric connect` shows what it did
+before: on loopback a connect is the kernel's handshake, the same for all three, so only the open
+connections that pile up on a slow backend steered clients away. `--lrt-decay-ms` sets the
+Peak-EWMA's decay (`response_time.decay_ms`).
 """
 
 import csv
@@ -42,15 +43,15 @@ DIR = "a1-latency"
 JSON_NAME = "a1-latency.json"
 BACKENDS = [("s1", 1), ("s2", 5), ("s3", 25)]
 KEYS = 1000
-# What lb's least_response_time scores in this tree, recorded in the JSON (the summary explains the
-# figures by it): "connect" until issue 17's first-byte measurement is in the data path; set it to
-# that metric's name then.
-LRT_METRIC = "connect"
+# What lb's least_response_time scores unless --lrt-metric says otherwise (recorded in the JSON;
+# the summary explains the figures by it).
+LRT_METRIC = "first_byte"
 FALLBACK_ALGORITHMS = ["round_robin", "weighted_round_robin", "least_connections", "least_response_time",
                        "random", "power_of_two", "consistent_hash", "maglev"]
 DEFAULTS = {"requests": 10000, "rate": 500, "conns": 64, "bucket_ms": 250, "slow_duration": 20.0,
             "slow_at": 10.0, "slow_ms": 50,
-            "slow_algorithms": "round_robin,least_connections,least_response_time,power_of_two"}
+            "slow_algorithms": "round_robin,least_connections,least_response_time,power_of_two",
+            "lrt_metric": LRT_METRIC, "lrt_decay_ms": 2000}
 
 
 def add_arguments(p):
@@ -70,6 +71,10 @@ def add_arguments(p):
                    help="second at which s1 turns slow (default 10)")
     p.add_argument("--slow-ms", type=int, default=DEFAULTS["slow_ms"], help="s1's latency after it turns slow (default 50)")
     p.add_argument("--bucket-ms", type=int, default=DEFAULTS["bucket_ms"], help="timeline bucket width (default 250)")
+    p.add_argument("--lrt-metric", default=DEFAULTS["lrt_metric"], choices=["first_byte", "connect", "last_byte"],
+                   help="least_response_time's response_time.metric (default first_byte)")
+    p.add_argument("--lrt-decay-ms", type=int, default=DEFAULTS["lrt_decay_ms"],
+                   help="least_response_time's response_time.decay_ms (default 2000, lb's)")
     p.add_argument("--replot", action="store_true",
                    help=f"no measurement: redraw the charts and summary from {JSON_NAME} in the output folder "
                         f"(default bench-results/{DIR})")
@@ -102,8 +107,11 @@ def http_json(url, body=None, timeout=2.0):
 class Setup:
     """Three backends at their latencies and lb (1 core, admin on) in front; stopped by PID."""
 
-    def __init__(self, algorithm):
+    def __init__(self, algorithm, args=None):
+        """`algorithm` may carry a metric for least_response_time: `least_response_time@connect`."""
         self.procs = []
+        self.dirs = []
+        algorithm, _, metric = algorithm.partition("@")
         try:
             self.ports = {}
             for sid, ms in BACKENDS:
@@ -114,6 +122,13 @@ class Setup:
             argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{self.port}", "--cores", "1",
                     "--admin", f"127.0.0.1:{self.admin}", "--algorithm", algorithm,
                     "--backend", ",".join(f"127.0.0.1:{self.ports[s]}" for s, _ in BACKENDS)]
+            if algorithm == "least_response_time" and args is not None:
+                d = lbbench.tmpdir("lb-a1-lrt-")
+                self.dirs.append(d)
+                (d / "lb.toml").write_text(f"[response_time]\nmetric = \"{metric or args.lrt_metric}\"\n"
+                                           f"decay_ms = {args.lrt_decay_ms}\n")
+                argv += ["--config", str(d / "lb.toml")]
+                self.lb_config = (d / "lb.toml").read_text()
             self.lb_cmd = " ".join(pinned(LB_CPU, argv) if LB_CPU is not None else argv)
             self.procs.append(Server("lb", argv, self.port, cpu=LB_CPU, env={"RUST_LOG": "warn"}))
             lbbench.wait_port(self.admin)
@@ -127,6 +142,13 @@ class Setup:
                 "--timeout", "5s", "--json", str(json_path)]
         return pinned(LG_CPU, argv) if LG_CPU is not None else argv
 
+    def lb_response_ms(self):
+        """lb's response-time estimate per backend id (core 0's; least_response_time only)."""
+        by_addr = {f"127.0.0.1:{p}": sid for sid, p in self.ports.items()}
+        st = http_json(f"http://127.0.0.1:{self.admin}/lb/stats")
+        return {by_addr.get(b["address"], b["name"]): (b.get("response_time_ms") or [None])[0]
+                for b in st["backends"]}
+
     def lb_connect_ms(self):
         """lb's connect-time p50 per backend id (what least_response_time sees today)."""
         by_addr = {f"127.0.0.1:{p}": sid for sid, p in self.ports.items()}
@@ -137,6 +159,11 @@ class Setup:
         for p in reversed(self.procs):
             p.stop()
         self.procs = []
+        for d in self.dirs:
+            for f in d.glob("*"):
+                f.unlink()
+            d.rmdir()
+        self.dirs = []
 
 
 def run_loadgen(argv, timeout):
@@ -163,25 +190,26 @@ def summarise(r):
 
 def measure_distribution(algorithm, args, tmp):
     wait_quiet()
-    s = Setup(algorithm)
+    s = Setup(algorithm, args)
     try:
         path = tmp / f"{algorithm}.json"
         argv = s.loadgen_argv(path, ["--requests", str(args.requests), "--rate", str(args.rate),
                                      "--conns", str(args.conns), "--timeline-ms", "1000"])
         run_loadgen(argv, timeout=args.requests / args.rate + 120)
         connect = s.lb_connect_ms()
+        response = s.lb_response_ms()
     finally:
         s.stop()
     r = json.loads(path.read_text())
     path.unlink()
-    out = {"algorithm": algorithm, **summarise(r), "lb_connect_ms": connect,
+    out = {"algorithm": algorithm, **summarise(r), "lb_connect_ms": connect, "lb_response_ms": response,
            "commands": {"lb": s.lb_cmd, "loadgen": " ".join(argv[:-2])}}
     return out
 
 
 def measure_slow(algorithm, args, tmp):
     wait_quiet()
-    s = Setup(algorithm)
+    s = Setup(algorithm, args)
     try:
         path = tmp / f"slow-{algorithm}.json"
         argv = s.loadgen_argv(path, ["--duration", f"{args.slow_duration:g}s", "--rate", str(args.rate),
@@ -216,6 +244,11 @@ def measure(args):
     """Runs everything; returns the JSON-able data."""
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()] or lb_algorithms()
     slow = [a.strip() for a in args.slow_algorithms.split(",") if a.strip()]
+    # Side by side in the same run: least_response_time as it was, by connect time.
+    if args.lrt_metric != "connect":
+        for names in (algorithms, slow):
+            if "least_response_time" in names and "least_response_time@connect" not in names:
+                names.insert(names.index("least_response_time") + 1, "least_response_time@connect")
     tmp = lbbench.tmpdir("lb-a1-latency-")
     t0 = time.time()
     results, slow_results = [], []
@@ -241,7 +274,8 @@ def measure(args):
     if args.algorithms:
         rerun += f" --algorithms '{args.algorithms}'"
     return {"experiment": "A-1 latency", "rerun": rerun, "params": params, "keys": KEYS,
-            "least_response_time_metric": LRT_METRIC,
+            "least_response_time_metric": args.lrt_metric,
+            "least_response_time_decay_ms": args.lrt_decay_ms,
             "backends": [{"id": s, "latency_ms": ms} for s, ms in BACKENDS], "elapsed_s": round(time.time() - t0),
             "environment": lbbench.environment({"pinning": pinning_line()}),
             "results": results, "slow": slow_results}
@@ -405,7 +439,16 @@ def markdown(data):
             rank50 = sorted(results, key=lambda r: r["latency_ms"]["p50"]).index(lrt) + 1
             line = (f"- `least_response_time`: {shares(lrt)}; client p50 ranks {rank50} and p99 {rank99} of "
                     f"{len(results)}.")
-            if data.get("least_response_time_metric", "connect") == "connect":
+            if data.get("least_response_time_metric", "connect") != "connect":
+                est = lrt.get("lb_response_ms") or {}
+                line += (f" lb scored the peak-EWMA of each backend's **time to first byte** "
+                         f"(decay {data.get('least_response_time_decay_ms', 2000):,} ms); its estimates at the end: "
+                         + ", ".join(f"{s} {ms(est.get(s))} ms" for s in ids) + ".")
+                old = by.get("least_response_time@connect")
+                if old:
+                    line += (f" By connect time, in the same run (`least_response_time@connect`): {shares(old)}, p50 "
+                             f"{ms(old['latency_ms']['p50'])} ms, p99 {ms(old['latency_ms']['p99'])} ms.")
+            else:
                 known = [c["p50"] for c in lrt.get("lb_connect_ms", {}).values() if c and c.get("p50") is not None]
                 same = (f"{known[0]:.3f} ms for every backend" if known and min(known) == max(known)
                         else f"{min(known):.3f} to {max(known):.3f} ms" if known else "not recorded")
@@ -436,7 +479,8 @@ def markdown(data):
         findings.append("- When s1 turns slow, its share falls " + "; ".join(
             f"under `{a}` from {m['before_pct']:.1f}% to {m['after_pct']:.1f}%, half-way after {m['halfway_s']:.2f} s"
             for a, m in moved) + " (details below).")
-    before_note = ""
+    before_note = ("`least_response_time@connect` is the same algorithm scored by connect time, as before issue 17, "
+                   "in the same run.\n\n")
     if data.get("least_response_time_metric", "connect") == "connect":
         before_note = ("These are the figures **before** issue 17's change: the lb measured still scores\n"
                        "`least_response_time` by connect time, not yet by time to first byte.\n\n")

@@ -19,6 +19,7 @@ pub mod listeners;
 pub mod pool;
 pub mod relay;
 pub mod replicas;
+pub mod response_time;
 pub mod retry;
 pub mod services;
 pub mod shutdown;
@@ -137,6 +138,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub access_log: access_log::FileAccessLog,
     #[serde(default)]
+    pub response_time: response_time::FileResponseTime,
+    #[serde(default)]
     pub services: Vec<services::FileService>,
     #[serde(default)]
     pub listeners: Vec<listeners::FileListener>,
@@ -245,6 +248,11 @@ impl Config {
             health: health::build("", &file.health, &HealthConfig::default())?,
             retry: retry::build("", &file.retry, &RetryConfig::default())?,
             timeouts,
+            response_time: response_time::build(
+                "",
+                &file.response_time,
+                response_time::ResponseTime::default(),
+            )?,
         };
 
         // Named services, then the single-service form's `default` when it has anything.
@@ -279,6 +287,7 @@ impl Config {
                 retry: defaults.retry,
                 timeouts: defaults.timeouts,
                 send_proxy: SendProxy::Off,
+                response_time: defaults.response_time,
                 limits: defaults.limits.clone(),
                 backends: fixed,
                 discover,

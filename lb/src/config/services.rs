@@ -8,6 +8,7 @@ use super::backends::{self, BackendConfig, DiscoverSpec, FileBackend};
 use super::hash::{self, FileHash, KeySource};
 use super::health::{self, FileHealth, HealthConfig};
 use super::limits::{self, FileLimits, ServiceLimits};
+use super::response_time::{self, FileResponseTime, ResponseTime};
 use super::retry::{self, FileRetry, RetryConfig};
 use super::timeouts::{self, FileTimeouts, Timeouts};
 use super::{invalid, ConfigError};
@@ -29,6 +30,7 @@ pub struct FileService {
     pub retry: Option<FileRetry>,
     pub timeouts: Option<FileTimeouts>,
     pub limits: Option<FileLimits>,
+    pub response_time: Option<FileResponseTime>,
 }
 
 /// A PROXY protocol header lb writes to each backend before the client's first byte.
@@ -60,6 +62,7 @@ pub struct ServiceDefaults {
     pub health: HealthConfig,
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
+    pub response_time: ResponseTime,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +75,8 @@ pub struct ServiceConfig {
     pub retry: RetryConfig,
     pub timeouts: Timeouts,
     pub send_proxy: SendProxy,
+    /// What least_response_time measures, and how fast it forgets.
+    pub response_time: ResponseTime,
     /// The queue for clients that find every backend full, and who may use the service.
     pub limits: ServiceLimits,
     /// The fixed backends (the local replicas among them, for `default`).
@@ -150,6 +155,10 @@ pub fn build(
             None => d.timeouts,
         },
         send_proxy: parse_send_proxy(&format!("{prefix}send_proxy"), f.send_proxy.as_deref())?,
+        response_time: match &f.response_time {
+            Some(r) => response_time::build(&prefix, r, d.response_time)?,
+            None => d.response_time,
+        },
         limits: match &f.limits {
             Some(l) => limits::service(&prefix, l, &d.limits)?,
             None => d.limits.clone(),

@@ -28,6 +28,16 @@ pub enum Cut {
     Drained,
 }
 
+/// Told of a connection's first byte each way, by whichever relay moves them: how a latency
+/// measure (the worker's time to first byte) learns of them without a timer or a relay of its
+/// own. Each method is called at most once per connection.
+pub trait FirstBytes {
+    /// The first byte from the client went to the backend at `now`.
+    fn sent(&self, now: Instant);
+    /// The first byte from the backend went to the client at `now`.
+    fn answered(&self, now: Instant);
+}
+
 /// A connection past its lifetime is closed once it has been quiet this long, so that a close
 /// does not cut a request in flight.
 pub const LIFETIME_QUIET: Duration = Duration::from_secs(1);
@@ -47,6 +57,9 @@ struct Entry {
     first_eof: Option<bool>,
     /// Its backend (an identity, see [`IdleGuard::for_backend`]), for a drain's deadline.
     backend: usize,
+    /// Told of the first byte each way (dropped once the backend answered).
+    probe: Option<Rc<dyn FirstBytes>>,
+    sent: bool,
 }
 
 /// One per core.
@@ -97,6 +110,8 @@ impl IdleTimer {
             to_client: 0,
             first_eof: None,
             backend: 0,
+            probe: None,
+            sent: false,
         });
         if !self.sweeping.replace(true) {
             lb_common::task::spawn_guarded("idle-sweeper", sweep(self.clone()));
@@ -190,13 +205,35 @@ impl IdleGuard {
 
     /// `n` bytes went to the backend (or to the client): counted, and not idle.
     pub fn moved(&self, to_backend: bool, n: usize) {
+        let mut probe = None;
         if let Some(e) = self.timer.entries.borrow_mut().get_mut(self.key) {
-            e.last = Instant::now();
+            let now = Instant::now();
+            e.last = now;
             if to_backend {
                 e.to_backend += n as u64;
+                if n > 0 && !e.sent {
+                    e.sent = true;
+                    probe = e.probe.clone().map(|p| (p, true, now));
+                }
             } else {
                 e.to_client += n as u64;
+                if n > 0 {
+                    probe = e.probe.take().map(|p| (p, false, now));
+                }
             }
+        }
+        // Outside the borrow: a probe is free to look at anything.
+        match probe {
+            Some((p, true, now)) => p.sent(now),
+            Some((p, false, now)) => p.answered(now),
+            None => {}
+        }
+    }
+
+    /// Tells `probe` of this connection's first byte each way from now on.
+    pub fn set_probe(&self, probe: Rc<dyn FirstBytes>) {
+        if let Some(e) = self.timer.entries.borrow_mut().get_mut(self.key) {
+            e.probe = Some(probe);
         }
     }
 

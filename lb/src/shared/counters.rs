@@ -34,6 +34,9 @@ struct Slot {
     /// This core skips the backend until then ([`clock_ms`]); 0: not ejected.
     ejected_until_ms: AtomicU64,
     ejections: AtomicU64,
+    /// This core's response-time estimate of the backend (ns; 0: none yet), as of its last
+    /// sample.
+    response_ns: AtomicU64,
 }
 
 /// Counters of one backend, `cores` slots.
@@ -195,6 +198,27 @@ impl BackendCounters {
 
     pub fn cores(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Core `core` only: its response-time estimate of this backend now.
+    pub fn set_response_time(&self, core: usize, estimate: Duration) {
+        self.slots[core].response_ns.store(
+            u64::try_from(estimate.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Each core's response-time estimate (None: that core has no sample yet).
+    pub fn response_times(&self) -> Vec<Option<Duration>> {
+        self.slots
+            .iter()
+            .map(|s| match s.response_ns.load(Ordering::Relaxed) {
+                0 => None,
+                ns => Some(Duration::from_nanos(ns)),
+            })
+            .collect()
     }
 
     /// Open connections over all cores; another core's count may be a moment old.

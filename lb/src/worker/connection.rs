@@ -23,6 +23,7 @@ use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::Listener;
 
 use super::access_log::Record;
+use super::latency::Probe;
 use super::upstream::{ConnectError, Connected};
 use super::Core;
 
@@ -286,6 +287,7 @@ pub(super) async fn handle(
         active,
         address,
         queued,
+        latency,
     } = match Box::pin(svc.upstream.connect(key)).await {
         Ok(x) => x,
         Err(e) => {
@@ -310,6 +312,7 @@ pub(super) async fn handle(
             return;
         }
     };
+    let connected_at = std::time::Instant::now();
     log.attempts(active.attempts, queued);
     log.connected(
         active.backend(),
@@ -337,7 +340,8 @@ pub(super) async fn handle(
     } else {
         first.extend_from_slice(&replay);
     }
-    if !first.is_empty() {
+    let sent_first = !first.is_empty();
+    if sent_first {
         let (res, _) = Box::pin(backend.write_all(first)).await;
         if let Err(e) = res {
             tracing::debug!(%client_addr, error = %e, "backend failed while taking the client's first bytes");
@@ -356,6 +360,13 @@ pub(super) async fn handle(
         .register_with_lifetime(cfg.timeouts.idle, cfg.timeouts.max_lifetime);
     log.relaying(idle.key());
     idle.for_backend(active.backend_id());
+    // least_response_time: the relays tell the probe of the first byte each way.
+    let probe = latency.map(|est| {
+        let sent_at = sent_first.then(std::time::Instant::now);
+        let p = Probe::start(est, cfg.response_time.metric, connected_at, sent_at);
+        idle.set_probe(p.clone());
+        p
+    });
     let result = match top.relay.mode {
         // Boxed: each mode's future is allocated at its own size instead of the connection
         // carrying the larger of the two.
@@ -373,6 +384,9 @@ pub(super) async fn handle(
     };
     // Counted however the connection ended (an error, the idle timeout, a cut); the replayed
     // prefix counts as relayed: it is the first bytes the backend gets from the client.
+    if let Some(p) = &probe {
+        p.finish(std::time::Instant::now());
+    }
     let (up, down) = idle.bytes();
     active.set_bytes(up + replayed, down);
     log.bytes(up + replayed, down);

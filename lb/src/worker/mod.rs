@@ -5,6 +5,7 @@
 mod accept;
 pub mod access_log;
 mod connection;
+mod latency;
 pub mod pool;
 pub mod queue;
 pub mod upstream;

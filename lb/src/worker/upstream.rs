@@ -17,13 +17,16 @@ use lb_common::logging::RateLimited;
 use lb_common::net::is_local_resource_error;
 use monoio::net::TcpStream;
 
+use crate::balance::ewma::PeakEwma;
 use crate::balance::{Algorithm, BackendSpec, Balancer, Candidate, HashConfig};
+use crate::config::response_time::Metric;
 use crate::config::{PoolConfig, RetryConfig};
 use crate::shared::counters::BackendCounters;
 use crate::shared::routing::service_counter;
 use crate::shared::set::{self, Snapshot};
 use crate::shared::Service;
 
+use super::latency::Estimate;
 use super::queue::{CoreQueue, Place};
 
 use super::pool::BackendPool;
@@ -50,16 +53,13 @@ pub enum ConnectError {
     QueueFull,
 }
 
-/// Decay time constant of the connect-time EWMA: old samples fade over about ten seconds.
-const EWMA_TAU: Duration = Duration::from_secs(10);
-
 #[derive(Default)]
 struct LocalBackend {
     eject_until: Cell<Option<Instant>>,
     /// Consecutive connect failures: each one doubles the ejection, up to the maximum.
     fails: Cell<u32>,
-    ewma_ns: Cell<u64>,
-    ewma_at: Cell<Option<Instant>>,
+    /// Its response time as this core sees it (least_response_time), by the service's metric.
+    latency: Rc<RefCell<PeakEwma>>,
     warning: RateLimited,
 }
 
@@ -79,6 +79,8 @@ impl LocalBackend {
             return false;
         }
         self.fails.set(0);
+        // Measured afresh: a backend that was slow before it went away is probed again.
+        self.latency.borrow_mut().reset();
         let cleared = self.eject_until.take().is_some();
         if cleared {
             tracing::info!(backend = ?name, core, "backend is back: passive ejection cleared");
@@ -93,6 +95,8 @@ struct View {
     /// What `balancer` was built for.
     algorithm: Algorithm,
     hash: HashConfig,
+    /// The response-time decay the local estimates were made with.
+    decay: Duration,
     balancer: Balancer,
     candidates: Vec<Candidate>,
     local: Vec<Rc<LocalBackend>>,
@@ -120,6 +124,9 @@ pub struct Connected {
     pub address: std::net::SocketAddr,
     /// Time spent waiting in the queue for a slot.
     pub queued: Duration,
+    /// For least_response_time by first or last byte: the backend's estimate on this core, for
+    /// the connection's probe.
+    pub latency: Option<Estimate>,
 }
 
 pub struct ActiveConn {
@@ -173,6 +180,7 @@ impl CoreUpstream {
             view: RefCell::new(View {
                 algorithm: cfg.algorithm,
                 hash: cfg.hash,
+                decay: cfg.response_time.decay,
                 balancer: Balancer::new(cfg.algorithm, &[], &cfg.hash, seed),
                 candidates: Vec::new(),
                 local: Vec::new(),
@@ -202,6 +210,7 @@ impl CoreUpstream {
         if self.service.set.generation() != generation
             || cfg.algorithm != algorithm
             || cfg.hash != hash
+            || cfg.response_time.decay != self.view.borrow().decay
         {
             self.rebuild(self.service.set.load());
         }
@@ -213,6 +222,7 @@ impl CoreUpstream {
 
     fn rebuild(&self, snap: Arc<Snapshot>) {
         let cfg = self.service.config.load();
+        let decay = cfg.response_time.decay;
         let mut view = self.view.borrow_mut();
         let specs: Vec<BackendSpec> = snap
             .backends
@@ -232,10 +242,19 @@ impl CoreUpstream {
                     }
                     Some(local)
                 });
+                if let Some(l) = &kept {
+                    // A reload changed the decay: measured afresh with the new one.
+                    if l.latency.borrow().tau() != decay {
+                        *l.latency.borrow_mut() = PeakEwma::new(decay);
+                    }
+                }
                 kept.unwrap_or_else(|| {
                     // New to this core: it may come with an ejection (a binary upgrade carries
                     // the old process's).
-                    let fresh = LocalBackend::default();
+                    let fresh = LocalBackend {
+                        latency: Rc::new(RefCell::new(PeakEwma::new(decay))),
+                        ..Default::default()
+                    };
                     if let Some(until) = b.counters.ejected_until(self.core, Instant::now()) {
                         fresh.eject_until.set(Some(until));
                         fresh.fails.set(1);
@@ -272,6 +291,7 @@ impl CoreUpstream {
             Balancer::with_table(cfg.algorithm, &specs, &snap.table, &cfg.hash, self.seed);
         view.algorithm = cfg.algorithm;
         view.hash = cfg.hash;
+        view.decay = decay;
         view.candidates = Candidate::all_eligible(&specs);
         view.local = local;
         view.pools = pools;
@@ -309,7 +329,7 @@ impl CoreUpstream {
             c.eligible = up && !full;
             // A limited backend's load includes its connects in progress (its claimed slots).
             c.active = b.counters.active().max(b.counters.claimed());
-            c.ewma_ns = local.ewma_ns.get();
+            c.ewma_ns = local.latency.borrow().candidate_ns(now);
             c.weight = match b.since {
                 Some(since) => {
                     ramped_weight(b.weight, now.saturating_duration_since(since), slow_start)
@@ -400,6 +420,7 @@ impl CoreUpstream {
                     active: self.active(&backend, claim, n_tried, start.elapsed()),
                     address: backend.address,
                     queued,
+                    latency: self.probe_for(&cfg, &local, &backend),
                 });
             }
             pool.refill();
@@ -416,6 +437,7 @@ impl CoreUpstream {
                         active: self.active(&backend, claim, n_tried, start.elapsed()),
                         address: backend.address,
                         queued,
+                        latency: self.probe_for(&cfg, &local, &backend),
                     });
                 }
                 // Out of descriptors or memory: lb's own shortage, not the backend's. Nothing
@@ -524,21 +546,34 @@ impl CoreUpstream {
         self.queue.len()
     }
 
+    fn estimate(&self, local: &LocalBackend, backend: &set::Backend) -> Estimate {
+        Estimate {
+            ewma: local.latency.clone(),
+            counters: backend.counters.clone(),
+            core: self.core,
+        }
+    }
+
+    /// The estimate a connection's probe feeds: only least_response_time by first or last
+    /// byte measures connections (the other algorithms pay nothing for it).
+    fn probe_for(
+        &self,
+        cfg: &crate::config::ServiceConfig,
+        local: &LocalBackend,
+        backend: &set::Backend,
+    ) -> Option<Estimate> {
+        (cfg.algorithm == Algorithm::LeastResponseTime
+            && cfg.response_time.metric != Metric::Connect)
+            .then(|| self.estimate(local, backend))
+    }
+
     fn record_success(&self, local: &LocalBackend, backend: &set::Backend, took: Duration) {
-        let now = Instant::now();
-        let sample = took.as_nanos() as u64;
-        let prev = local.ewma_ns.get();
-        // Peak EWMA: jump up to a slower sample at once, decay down with time.
-        let next = match local.ewma_at.get() {
-            _ if prev == 0 || sample >= prev => sample,
-            Some(at) => {
-                let w = (-(now.duration_since(at).as_secs_f64()) / EWMA_TAU.as_secs_f64()).exp();
-                (prev as f64 * w + sample as f64 * (1.0 - w)) as u64
-            }
-            None => sample,
-        };
-        local.ewma_ns.set(next.max(1));
-        local.ewma_at.set(Some(now));
+        let cfg = self.service.config.load();
+        if cfg.algorithm == Algorithm::LeastResponseTime
+            && cfg.response_time.metric == Metric::Connect
+        {
+            self.estimate(local, backend).observe(took, Instant::now());
+        }
         local.fails.set(0);
         if local.eject_until.take().is_some() {
             backend.counters.unejected(self.core);

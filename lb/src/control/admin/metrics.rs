@@ -63,6 +63,8 @@ impl Collector for LbCollector {
         let mut states: Vec<(Labels, bool, bool)> = Vec::new();
         // (labels, max_connections or 0, slots taken)
         let mut limits: Vec<(Labels, u32, u64)> = Vec::new();
+        // (labels with the core, seconds) of each core's response-time estimate.
+        let mut response: Vec<(Labels, f64)> = Vec::new();
         for svc in &routing.services {
             for b in svc.set.load().backends.iter() {
                 let labels = vec![
@@ -78,6 +80,13 @@ impl Collector for LbCollector {
                     b.max_connections.unwrap_or(0),
                     b.counters.claimed(),
                 ));
+                for (core, rt) in b.counters.response_times().into_iter().enumerate() {
+                    if let Some(rt) = rt {
+                        let mut l = labels.clone();
+                        l.push(("core", core.to_string()));
+                        response.push((l, rt.as_secs_f64()));
+                    }
+                }
                 states.push((
                     labels.clone(),
                     b.health == crate::shared::set::Health::Up,
@@ -175,6 +184,15 @@ impl Collector for LbCollector {
             "Passive ejections of the backend after failed connects, over all cores.",
             MetricType::Counter,
             counter(&|t| t.ejections),
+        )?;
+        family(
+            &mut enc,
+            "lb_backend_response_time_seconds",
+            "least_response_time: each core's Peak-EWMA of the backend's response time (by the service's response_time.metric), as of its latest sample.",
+            MetricType::Gauge,
+            response
+                .iter()
+                .map(|(l, s)| (l.clone(), ConstGauge::new(*s))),
         )?;
         family(
             &mut enc,

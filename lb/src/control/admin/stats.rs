@@ -38,6 +38,8 @@ pub struct BackendStats {
     pub slots_taken: u64,
     /// Time left before a drain closes what is still open (null: no deadline).
     pub drain_deadline_ms: Option<u64>,
+    /// least_response_time: each core's estimate, ms (null: no sample on that core yet).
+    pub response_time_ms: Vec<Option<f64>>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +71,8 @@ pub struct ServiceStats {
     pub name: String,
     pub algorithm: &'static str,
     pub send_proxy: &'static str,
+    /// What least_response_time measures.
+    pub response_time_metric: &'static str,
     pub generation: u64,
     pub no_backend: u64,
     pub queue: QueueStats,
@@ -181,6 +185,12 @@ pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
                 },
                 max_connections: b.max_connections,
                 slots_taken: b.counters.claimed(),
+                response_time_ms: b
+                    .counters
+                    .response_times()
+                    .into_iter()
+                    .map(|d| d.map(|d| d.as_micros() as f64 / 1000.0))
+                    .collect(),
                 drain_deadline_ms: b.drain_deadline.map(|d| {
                     d.saturating_duration_since(std::time::Instant::now())
                         .as_millis() as u64
@@ -236,6 +246,7 @@ pub fn service_json(_shared: &Shared, svc: &Service) -> ServiceStats {
         name: svc.name.clone(),
         algorithm: cfg.algorithm.name(),
         send_proxy: cfg.send_proxy.name(),
+        response_time_metric: cfg.response_time.metric.name(),
         generation: svc.set.generation(),
         no_backend: svc.counters.sum(service_counter::NO_BACKEND),
         queue: {
