@@ -182,11 +182,8 @@ pub(super) async fn handle(
     let mut sni = None;
     let lcfg_reads_sni = lcfg.route.reads_sni();
     if lcfg_reads_sni {
-        match Box::pin(peek_sni(&mut prefix, &mut client)).await {
-            Ok(s) => {
-                log.sni(s.as_deref());
-                sni = s
-            }
+        match sni_of(&mut prefix, &mut client, &log).await {
+            Ok(s) => sni = s,
             Err(e) => {
                 return refuse(
                     core,
@@ -243,11 +240,8 @@ pub(super) async fn handle(
             KeySource::Sni => {
                 // Read already when the listener routes by it; else read it now.
                 if !lcfg_reads_sni {
-                    match Box::pin(peek_sni(&mut prefix, &mut client)).await {
-                        Ok(s) => {
-                            log.sni(s.as_deref());
-                            sni = s
-                        }
+                    match sni_of(&mut prefix, &mut client, &log).await {
+                        Ok(s) => sni = s,
                         Err(e) => {
                             return refuse(
                                 core,
@@ -409,6 +403,17 @@ pub(super) async fn handle(
             tracing::debug!(%client_addr, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
         }
     }
+}
+
+/// The ClientHello's server name (None: not TLS, or no name), also for the access log.
+async fn sni_of(
+    prefix: &mut Prefix<'_>,
+    client: &mut TcpStream,
+    log: &Record,
+) -> std::io::Result<Option<String>> {
+    let s = Box::pin(peek_sni(prefix, client)).await?;
+    log.sni(s.as_deref());
+    Ok(s)
 }
 
 /// An I/O error's side and kind, as the access log says it.

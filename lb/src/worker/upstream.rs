@@ -415,13 +415,8 @@ impl CoreUpstream {
                 pool.refill();
                 backend.counters.opened(self.core, None);
                 let queued = self.leave_queue(&mut place, start, true);
-                return Ok(Connected {
-                    stream,
-                    active: self.active(&backend, claim, n_tried, start.elapsed()),
-                    address: backend.address,
-                    queued,
-                    latency: self.probe_for(&cfg, &local, &backend),
-                });
+                let active = self.active(&backend, claim, n_tried, start.elapsed());
+                return Ok(self.connected(stream, active, queued, &cfg, &local, &backend));
             }
             pool.refill();
             let remaining = retry.budget.saturating_sub(start.elapsed());
@@ -432,13 +427,8 @@ impl CoreUpstream {
                     self.record_success(&local, &backend, took);
                     backend.counters.opened(self.core, Some(took));
                     let queued = self.leave_queue(&mut place, start, true);
-                    return Ok(Connected {
-                        stream,
-                        active: self.active(&backend, claim, n_tried, start.elapsed()),
-                        address: backend.address,
-                        queued,
-                        latency: self.probe_for(&cfg, &local, &backend),
-                    });
+                    let active = self.active(&backend, claim, n_tried, start.elapsed());
+                    return Ok(self.connected(stream, active, queued, &cfg, &local, &backend));
                 }
                 // Out of descriptors or memory: lb's own shortage, not the backend's. Nothing
                 // is ejected or counted against it, and another backend would fare no better.
@@ -544,6 +534,24 @@ impl CoreUpstream {
     /// Clients waiting on this core now.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    fn connected(
+        &self,
+        stream: TcpStream,
+        active: ActiveConn,
+        queued: Duration,
+        cfg: &crate::config::ServiceConfig,
+        local: &LocalBackend,
+        backend: &set::Backend,
+    ) -> Connected {
+        Connected {
+            stream,
+            active,
+            address: backend.address,
+            queued,
+            latency: self.probe_for(cfg, local, backend),
+        }
     }
 
     fn estimate(&self, local: &LocalBackend, backend: &set::Backend) -> Estimate {
