@@ -76,6 +76,15 @@ pub struct Args {
     #[arg(long)]
     pub new_connection: bool,
 
+    /// Write a PROXY protocol v2 header first on every connection, as a balancer with HAProxy's
+    /// `send-proxy-v2` does: command PROXY, TCP over IPv4 (or IPv6), source = this connection's
+    /// own address, destination = the target's, no TLV (28 or 52 bytes). It goes out in the same
+    /// write as the connection's first request (with --tcp-echo, in a write of its own before
+    /// the first payload). For targets that take one: lb `accept_proxy = "v2"`, nginx `listen
+    /// ... proxy_protocol`, HAProxy `accept-proxy`.
+    #[arg(long)]
+    pub proxy_v2: bool,
+
     /// HTTP method.
     #[arg(short = 'X', long, default_value = "GET")]
     pub method: String,
@@ -152,6 +161,8 @@ pub struct Config {
     pub warmup: Duration,
     pub timeout: Duration,
     pub new_connection: bool,
+    /// Write a PROXY v2 header first on every connection (--proxy-v2).
+    pub proxy_v2: bool,
     pub protocol: Protocol,
     /// Timeline bucket width.
     pub timeline: Duration,
@@ -533,6 +544,7 @@ impl Args {
             warmup: self.warmup.unwrap_or(Duration::ZERO),
             timeout: self.timeout,
             new_connection: self.new_connection,
+            proxy_v2: self.proxy_v2,
             protocol,
             timeline: Duration::from_millis(self.timeline_ms),
             keys: key_space,

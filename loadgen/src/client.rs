@@ -26,6 +26,7 @@ use crate::args::Config;
 use crate::echo::Echo;
 use crate::keys::{self, Template};
 use crate::outcome::{After, Detail, Failure, Outcome, Reply};
+use crate::proxy_v2;
 use crate::response::ResponseReader;
 use crate::schedule::Plan;
 use crate::stats::{CoreStats, ErrorKind};
@@ -122,6 +123,9 @@ enum Request {
 pub struct Http {
     request: Request,
     reader: ResponseReader,
+    /// Bytes that go out before the next request, in the same write (the PROXY header of a new
+    /// connection with --proxy-v2); empty otherwise.
+    greeting: Vec<u8>,
 }
 
 impl Http {
@@ -136,6 +140,7 @@ impl Http {
         Http {
             request,
             reader: ResponseReader::new(cfg.head_request),
+            greeting: Vec::new(),
         }
     }
 
@@ -147,6 +152,18 @@ impl Http {
     }
 
     async fn send(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        if !self.greeting.is_empty() {
+            // One write, so that the header costs the target no segment of its own.
+            let request: &[u8] = match &self.request {
+                Request::Fixed(r) => r,
+                Request::Keyed { bytes, .. } => bytes,
+            };
+            self.greeting.extend_from_slice(request);
+            let (res, mut b) = stream.write_all(std::mem::take(&mut self.greeting)).await;
+            b.clear();
+            self.greeting = b;
+            return res.map(|_| ());
+        }
         match &mut self.request {
             Request::Fixed(r) => stream.write_all(*r).await.0.map(|_| ()),
             Request::Keyed { bytes, .. } => {
@@ -248,6 +265,17 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// A new connection from `source` to `destination`: the PROXY v2 header its first exchange
+    /// writes first.
+    fn greet(&mut self, source: SocketAddr, destination: SocketAddr) {
+        let greeting = match self {
+            Proto::Http(h) => &mut h.greeting,
+            Proto::Echo(e) => &mut e.greeting,
+        };
+        greeting.clear();
+        proxy_v2::encode(source, destination, greeting);
+    }
+
     fn set_key(&mut self, key: u32) {
         match self {
             Proto::Http(h) => h.set_key(key),
@@ -295,23 +323,31 @@ fn mono(t: Instant) -> monoio::time::Instant {
     monoio::time::Instant::from_std(t)
 }
 
-/// Opens a connection; with --keys draws its key first (and renders the request for it).
+/// Opens a connection; with --keys draws its key first (and renders the request for it); with
+/// --proxy-v2 makes the PROXY header of its first exchange.
 async fn open(
     ctx: &CoreCtx,
     proto: &mut Proto,
     key: &mut Option<u32>,
 ) -> Result<TcpStream, Failure> {
-    let Some(k) = ctx.draw_key() else {
-        return connect(ctx.cfg.addr, None).await;
+    let source = match ctx.draw_key() {
+        Some(k) => {
+            *key = Some(k);
+            proto.set_key(k);
+            if ctx.cfg.source_ip_per_key {
+                keys::source_ip(k)
+            } else {
+                None
+            }
+        }
+        None => None,
     };
-    *key = Some(k);
-    proto.set_key(k);
-    let source = if ctx.cfg.source_ip_per_key {
-        keys::source_ip(k)
-    } else {
-        None
-    };
-    connect(ctx.cfg.addr, source).await
+    let stream = connect(ctx.cfg.addr, source).await?;
+    if ctx.cfg.proxy_v2 {
+        let local = stream.local_addr().map_err(|e| Failure::io(e, true))?;
+        proto.greet(local, ctx.cfg.addr);
+    }
+    Ok(stream)
 }
 
 async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> Result<TcpStream, Failure> {

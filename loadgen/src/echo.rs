@@ -15,11 +15,18 @@ pub struct Echo {
     payload: &'static [u8],
     /// Server slot for the "-" id (an echo carries no server id).
     server: usize,
+    /// Written before the next payload, in a write of its own, and never expected back (the
+    /// PROXY header of a new connection with --proxy-v2); empty otherwise.
+    pub greeting: Vec<u8>,
 }
 
 impl Echo {
     pub fn new(payload: &'static [u8], server: usize) -> Self {
-        Echo { payload, server }
+        Echo {
+            payload,
+            server,
+            greeting: Vec::new(),
+        }
     }
 
     /// Room for a whole piece: each read returns as much of the echo as has arrived.
@@ -30,6 +37,14 @@ impl Echo {
     pub async fn exchange(&mut self, stream: &mut TcpStream, mut buf: Vec<u8>) -> Outcome {
         if buf.capacity() == 0 {
             buf.reserve(self.buffer_size());
+        }
+        if !self.greeting.is_empty() {
+            let (res, mut b) = stream.write_all(std::mem::take(&mut self.greeting)).await;
+            b.clear();
+            self.greeting = b;
+            if let Err(e) = res {
+                return (Err(Failure::io(e, false)), buf);
+            }
         }
         let mut sent = 0;
         while sent < self.payload.len() {

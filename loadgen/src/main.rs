@@ -5,6 +5,7 @@ mod client;
 mod echo;
 mod keys;
 mod outcome;
+mod proxy_v2;
 mod report;
 mod response;
 mod run;

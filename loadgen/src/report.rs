@@ -76,6 +76,8 @@ pub struct RunInfo {
     pub rate: Option<f64>,
     pub conns: usize,
     pub new_connection: bool,
+    /// `--proxy-v2`: a PROXY v2 header first on every connection.
+    pub proxy_v2: bool,
     pub target_duration_s: Option<f64>,
     pub target_requests: Option<u64>,
     pub warmup_s: f64,
@@ -194,6 +196,7 @@ impl Report {
                 rate: cfg.rate,
                 conns: cfg.conns,
                 new_connection: cfg.new_connection,
+                proxy_v2: cfg.proxy_v2,
                 target_duration_s: match cfg.stop {
                     StopAt::Duration(d) => Some(d.as_secs_f64()),
                     StopAt::Requests(_) => None,
@@ -240,9 +243,15 @@ impl Report {
         } else {
             "keep-alive"
         };
+        let proxy = if r.proxy_v2 {
+            ", PROXY v2 header first"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "loadgen {} ({}) for {what}: {} connections on {} core(s) [{}], {mode}, {conn_mode}",
+            "loadgen {} ({}) for {what}: {} connections on {} core(s) [{}], {mode}, \
+             {conn_mode}{proxy}",
             r.url, r.addr, r.conns, self.env.cores, self.env.io_driver
         );
         if r.warmup_s > 0.0 {

@@ -41,6 +41,10 @@ pub struct Http {
     pub require_body: Option<&'static str>,
     /// Take the `X-Server-Id` from the request instead of `ids`.
     pub id_from: Option<IdFrom>,
+    /// Every connection must open with the PROXY v2 header (TCP over IPv4) of its own addresses,
+    /// the client's as the source and the server's as the destination; else it is closed
+    /// without an answer.
+    pub require_proxy_v2: bool,
 }
 
 /// Where a test server takes its `X-Server-Id` from, so that loadgen's per-key tally shows what
@@ -67,6 +71,7 @@ impl Default for Http {
             require_header: None,
             require_body: None,
             id_from: None,
+            require_proxy_v2: false,
         }
     }
 }
@@ -173,6 +178,13 @@ fn serve(
         }
         Behavior::Http(h) => h,
     };
+    if h.require_proxy_v2 {
+        let mut got = [0u8; 28];
+        stream.read_exact(&mut got)?;
+        if got[..] != proxy_v2_tcp4(stream.peer_addr()?, stream.local_addr()?)[..] {
+            return Ok(());
+        }
+    }
     let mut buf = Vec::new();
     let mut on_this_conn = 0;
     while let Some((head, body)) = read_request(&mut stream, &mut buf)? {
@@ -247,6 +259,22 @@ fn serve(
         }
     }
     Ok(())
+}
+
+/// The spec's v2 header (doc/proxy-protocol.txt, 2.2) for TCP over IPv4, written out field by
+/// field: signature, version 2 + PROXY, INET + STREAM, 12 address bytes, source and destination
+/// addresses, then their ports.
+pub fn proxy_v2_tcp4(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (source, destination) else {
+        panic!("not IPv4: {source} {destination}");
+    };
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&s.ip().octets());
+    h.extend_from_slice(&d.ip().octets());
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
 }
 
 /// Path of a workspace binary (`lb`, `backend`). `cargo test --workspace` builds every binary
