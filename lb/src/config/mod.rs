@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod env;
 pub mod hash;
 pub mod health;
+pub mod kernel;
 pub mod listen;
 pub mod listeners;
 pub mod pool;
@@ -36,6 +37,7 @@ pub use discovery::DiscoveryConfig;
 pub use env::Overrides;
 pub use hash::KeySource;
 pub use health::{HealthCheck, HealthConfig};
+pub use kernel::{KernelConfig, Mode, Snat};
 pub use listeners::{AcceptProxy, ListenerConfig, Route};
 pub use pool::PoolConfig;
 pub use relay::{RelayConfig, RelayMode};
@@ -261,6 +263,8 @@ impl Config {
                 send_proxy: SendProxy::Off,
                 backends: fixed,
                 discover,
+                mode: Mode::Relay,
+                kernel: KernelConfig::default(),
             };
             services::check_table("", &d)?;
             services.insert(0, d);
@@ -341,6 +345,7 @@ impl Config {
                 ));
             }
         }
+        kernel::check_listeners(&services, &listeners)?;
         let admin = admin::build(
             &file.admin,
             over.admin.as_deref(),

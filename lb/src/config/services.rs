@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::backends::{self, BackendConfig, DiscoverSpec, FileBackend};
 use super::hash::{self, FileHash, KeySource};
 use super::health::{self, FileHealth, HealthConfig};
+use super::kernel::{self, FileKernel, KernelConfig, Mode};
 use super::retry::{self, FileRetry, RetryConfig};
 use super::timeouts::{self, FileTimeouts, Timeouts};
 use super::{invalid, ConfigError};
@@ -27,6 +28,9 @@ pub struct FileService {
     pub health: Option<FileHealth>,
     pub retry: Option<FileRetry>,
     pub timeouts: Option<FileTimeouts>,
+    /// `"relay"` (the default) or `"kernel"`: see `config::kernel`.
+    pub mode: Option<String>,
+    pub kernel: Option<FileKernel>,
 }
 
 /// A PROXY protocol header lb writes to each backend before the client's first byte.
@@ -73,6 +77,9 @@ pub struct ServiceConfig {
     pub backends: Vec<BackendConfig>,
     /// Names re-resolved at run time into one backend per address.
     pub discover: Vec<DiscoverSpec>,
+    /// Relayed by lb, or forwarded by netfilter with the `kernel` settings.
+    pub mode: Mode,
+    pub kernel: KernelConfig,
 }
 
 /// Service, listener and route names: they reach logs, metrics labels and admin URLs.
@@ -132,7 +139,7 @@ pub fn build(
         Some(h) => hash::build(&prefix, h, &(d.key.clone(), d.hash), fixed.len())?,
         None => (d.key.clone(), d.hash),
     };
-    let s = ServiceConfig {
+    let mut s = ServiceConfig {
         name: f.name.clone(),
         algorithm,
         key,
@@ -152,7 +159,10 @@ pub fn build(
         send_proxy: parse_send_proxy(&format!("{prefix}send_proxy"), f.send_proxy.as_deref())?,
         backends: fixed,
         discover,
+        mode: Mode::Relay,
+        kernel: KernelConfig::default(),
     };
+    kernel::apply(&prefix, f, &mut s)?;
     check_table(&prefix, &s)?;
     Ok(s)
 }
