@@ -192,13 +192,15 @@ pub fn apply(prefix: &str, f: &FileService, s: &mut ServiceConfig) -> Result<(),
         );
     }
     let size = match hash.and_then(|h| h.maglev_table_size) {
-        Some(m) if m > MAX_KERNEL_TABLE_SIZE => return refuse(
-            "hash.maglev_table_size",
-            &format!(
+        Some(m) if m > MAX_KERNEL_TABLE_SIZE => {
+            return refuse(
+                "hash.maglev_table_size",
+                &format!(
                 "kernel mode loads one nftables element per slot: at most {MAX_KERNEL_TABLE_SIZE} \
                      (got {m}); {DEFAULT_KERNEL_TABLE_SIZE} is the default"
             ),
-        ),
+            )
+        }
         Some(m) => m,
         None => DEFAULT_KERNEL_TABLE_SIZE,
     };

@@ -36,6 +36,7 @@ pub fn reload(shared: &Shared, overrides: &Overrides) -> Result<u64, String> {
             "the file changes lb's local replicas, which only a restart can do".to_string()
         });
     }
+    super::kernel::refuse_reload(shared, &next)?;
     let cur = shared.routing.load_full();
 
     // Listeners: kept by name while their address stays; the new ones bound now.

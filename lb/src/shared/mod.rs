@@ -5,6 +5,7 @@
 pub mod counters;
 pub mod exit;
 pub mod fds;
+pub mod kernel;
 pub mod routing;
 pub mod set;
 
@@ -96,6 +97,8 @@ pub struct Shared {
     pub ready: AtomicUsize,
     /// How many client connections the descriptor limit leaves room for.
     pub fds: fds::FdBudget,
+    /// Kernel mode as its control loop last saw it, for the admin API.
+    pub kernel: kernel::KernelStatus,
 }
 
 impl Shared {
@@ -136,6 +139,7 @@ impl Shared {
             lifecycle: Lifecycle::new(),
             ready: AtomicUsize::new(0),
             admin_address: admin,
+            kernel: Default::default(),
             config,
         })
     }

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use crate::config::Mode;
 use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::set::Override;
 use crate::shared::{Listener, Service, Shared};
@@ -33,6 +34,28 @@ pub struct BackendStats {
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub connect_ms: ConnectMs,
+    /// Kernel mode: what nftables counted for the backend (flows netfilter forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounterStats>,
+}
+
+#[derive(Serialize)]
+pub struct KernelCounterStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+}
+
+/// A kernel-mode service's netfilter state.
+#[derive(Serialize)]
+pub struct KernelServiceStats {
+    /// netfilter forwards its new connections now; false: lb relays them.
+    pub active: bool,
+    pub table: String,
+    pub slots: usize,
+    /// Why it is not active, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +72,10 @@ pub struct OverrideStats {
 #[derive(Serialize)]
 pub struct ServiceStats {
     pub name: String,
+    /// `relay` or `kernel`, as configured (`kernel.active` says whether netfilter forwards).
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelServiceStats>,
     pub algorithm: &'static str,
     pub send_proxy: &'static str,
     pub generation: u64,
@@ -134,6 +161,7 @@ pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
                     p90: t.connect_quantile_ms(0.9),
                     p99: t.connect_quantile_ms(0.99),
                 },
+                kernel: None,
             }
         })
         .collect()
@@ -179,15 +207,55 @@ pub fn overrides_of(svc: &Service) -> Vec<OverrideStats> {
         .collect()
 }
 
-pub fn service_json(_shared: &Shared, svc: &Service) -> ServiceStats {
+/// The service's backends with, in kernel mode, nftables' counters of each.
+pub fn backends_with_kernel(shared: &Shared, svc: &Service) -> Vec<BackendStats> {
+    let mut out = backends_json_of(svc);
+    if svc.config.load().mode == Mode::Kernel {
+        let snap = svc.set.load();
+        for (b, s) in snap.backends.iter().zip(out.iter_mut()) {
+            s.kernel =
+                crate::control::kernel::backend_counters(&shared.kernel, &svc.name, b.address).map(
+                    |c| KernelCounterStats {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                        connections: c.connections,
+                    },
+                );
+        }
+    }
+    out
+}
+
+fn kernel_of(shared: &Shared, svc: &Service) -> Option<KernelServiceStats> {
+    let v = shared.kernel.view();
+    let k = v.services.get(&svc.name);
+    Some(KernelServiceStats {
+        active: k.is_some_and(|k| k.active),
+        table: v.table.clone()?,
+        slots: k.map_or(0, |k| k.slots),
+        reason: match (k, &v.unavailable) {
+            (_, Some(why)) => Some(why.clone()),
+            (Some(k), None) if !k.active => {
+                Some("no listener routes to it, or it has no backend".into())
+            }
+            _ => None,
+        },
+    })
+}
+
+pub fn service_json(shared: &Shared, svc: &Service) -> ServiceStats {
     let cfg = svc.config.load();
     ServiceStats {
         name: svc.name.clone(),
+        mode: cfg.mode.name(),
+        kernel: (cfg.mode == Mode::Kernel)
+            .then(|| kernel_of(shared, svc))
+            .flatten(),
         algorithm: cfg.algorithm.name(),
         send_proxy: cfg.send_proxy.name(),
         generation: svc.set.generation(),
         no_backend: svc.counters.sum(service_counter::NO_BACKEND),
-        backends: backends_json_of(svc),
+        backends: backends_with_kernel(shared, svc),
         overrides: overrides_of(svc),
     }
 }
@@ -269,7 +337,9 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         generation: default.map_or(0, |s| s.set.generation()),
         routing_generation: routing.generation,
         stopping: shared.lifecycle.stopping(),
-        backends: default.map(|s| backends_json_of(s)).unwrap_or_default(),
+        backends: default
+            .map(|s| backends_with_kernel(shared, s))
+            .unwrap_or_default(),
         overrides: default.map(|s| overrides_of(s)).unwrap_or_default(),
         services: services_json(shared),
         listeners: listeners_json(shared),
