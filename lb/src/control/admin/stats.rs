@@ -53,6 +53,8 @@ pub struct KernelServiceStats {
     pub active: bool,
     pub table: String,
     pub slots: usize,
+    /// The backend set generation the map holds (the service's `generation` once it caught up).
+    pub generation: u64,
     /// Why it is not active, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -233,6 +235,7 @@ fn kernel_of(shared: &Shared, svc: &Service) -> Option<KernelServiceStats> {
         active: k.is_some_and(|k| k.active),
         table: v.table.clone()?,
         slots: k.map_or(0, |k| k.slots),
+        generation: k.filter(|k| k.active).map_or(0, |k| k.generation),
         reason: match (k, &v.unavailable) {
             (_, Some(why)) => Some(why.clone()),
             (Some(k), None) if !k.active => {
