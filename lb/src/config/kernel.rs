@@ -434,4 +434,12 @@ mod tests {
         );
         assert!(build(&WEB.replace("10.0.100.1:80", "0.0.0.0:80")).is_ok());
     }
+
+    #[test]
+    fn the_example_kernel_config_is_valid() {
+        let c = build(include_str!("../../../config/kernel.toml")).unwrap();
+        let s = c.service("web").unwrap();
+        assert_eq!((s.mode, s.hash.maglev_table_size), (Mode::Kernel, 1021));
+        assert_eq!(s.backends[2].weight, 2);
+    }
 }
