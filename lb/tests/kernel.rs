@@ -237,7 +237,7 @@ struct Deployment {
 
 fn lb_config(topo: &KernelTopology) -> String {
     let mut s = format!(
-        "cores = 1\n[admin]\nlisten = \"{ADMIN}\"\n[shutdown]\ngrace_ms = 500\nlame_duck_ms = 0\n\
+        "cores = 1\n[admin]\nlisten = \"{ADMIN}\"\n[shutdown]\ngrace_ms = 5000\nlame_duck_ms = 0\n\
          [[services]]\nname = \"web\"\nmode = \"kernel\"\n\
          [services.health]\ncheck = \"tcp\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {CHECK_TIMEOUT_MS}\nfall = {FALL}\nrise = 2\n"
     );
@@ -526,12 +526,45 @@ fn kernel_mode_sends_each_client_where_lbs_maglev_does_in_its_proportions_and_re
         "{metrics}"
     );
 
-    // A killed lb leaves its table; the next one replaces it, and takes it away when stopped.
+    // A killed lb leaves its table and the flows it forwarded; the next one replaces the table
+    // in one transaction, and the open flow goes on.
+    let held = d.client.run("hold 0");
+    assert_eq!(held[0].result.as_deref(), Ok(want[0].as_str()));
     d.stop_lb(libc::SIGKILL);
     assert!(d.tables().contains("table ip lb"), "{}", d.tables());
     d.start_lb(true);
+    let reused = d.client.run("reuse");
+    assert_eq!(
+        reused[0].result.as_deref(),
+        Ok(want[0].as_str()),
+        "through the replacement"
+    );
     assert_eq!(d.client.round("after a restart"), want);
-    d.stop_lb(libc::SIGTERM);
+
+    // A stop takes the DNAT rules out at once, keeps the table while a flow it forwarded is
+    // open (without a nat chain the kernel would stop translating it), then removes it.
+    let held = d.client.run("hold 1");
+    assert_eq!(held[0].result.as_deref(), Ok(want[1].as_str()));
+    let mut lb = d.lb.take().unwrap();
+    lb.signal(libc::SIGTERM);
+    lb.stderr
+        .wait_for(Duration::from_secs(5), |l| l.contains("no longer DNATed"))
+        .unwrap_or_else(|| panic!("no stop of new flows: {:?}", lb.stderr.all()));
+    assert!(
+        d.tables().contains("table ip lb"),
+        "removed under an open flow"
+    );
+    let reused = d.client.run("reuse");
+    assert_eq!(
+        reused[0].result.as_deref(),
+        Ok(want[1].as_str()),
+        "the open flow goes on after the stop"
+    );
+    assert!(
+        lb.stdout.wait_closed(Duration::from_secs(10)),
+        "lb did not exit once its flows ended"
+    );
+    lb.kill();
     assert!(!d.tables().contains("table ip lb"), "left: {}", d.tables());
 
     // Without CAP_NET_ADMIN lb says so, relays, and sends each client to the same backend.

@@ -47,6 +47,9 @@ struct Inner {
     /// Counter reads asked for, and done (each a running number).
     asked: u64,
     done: u64,
+    /// The loop has stopped (after a stop: its flows finished or the deadline passed, and its
+    /// table is gone).
+    stopped: bool,
 }
 
 /// Written by the kernel loop only; read by the admin API.
@@ -99,6 +102,22 @@ impl KernelStatus {
             .wait_timeout_while(g, limit, |i| i.asked <= i.done)
             .unwrap_or_else(|p| p.into_inner());
         (g.asked > g.done).then_some(g.asked)
+    }
+
+    /// The loop is done: the process may exit.
+    pub fn mark_stopped(&self) {
+        self.lock().stopped = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `limit` for [`KernelStatus::mark_stopped`]; whether it came.
+    pub fn wait_stopped(&self, limit: Duration) -> bool {
+        let g = self.lock();
+        let (g, _) = self
+            .wake
+            .wait_timeout_while(g, limit, |i| !i.stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        g.stopped
     }
 
     /// The loop read the counters asked for up to `n`.

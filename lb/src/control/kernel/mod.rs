@@ -280,6 +280,64 @@ impl Kernel {
         Ok(())
     }
 
+    /// A stop: no new flows (the DNAT rules go), the open ones finish (until none is left in
+    /// conntrack, or the shutdown deadline), then the table goes. Nothing, when another process
+    /// owns the table now (it took over: the flows are its own).
+    fn stop(&mut self, shared: &Shared) {
+        let Some(h) = self.handle else {
+            return;
+        };
+        if !matches!(nft::table_handle(TABLE), Ok(Some(now)) if now == h) {
+            tracing::info!(
+                table = TABLE,
+                "kernel mode: the table is another process's now; left to it"
+            );
+            self.handle = None;
+            *OWNED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
+        let matches: Vec<ruleset::Match> = self
+            .programmed
+            .iter()
+            .flat_map(|p| p.services.iter().flat_map(|s| s.matches.clone()))
+            .collect();
+        match nft::apply(&ruleset::stop_new_flows(TABLE)) {
+            Ok(()) => tracing::info!(
+                table = TABLE,
+                "kernel mode: new flows are no longer DNATed; open ones finish"
+            ),
+            Err(e) => tracing::warn!(error = %e, "kernel mode: cannot take the DNAT rules out"),
+        }
+        let deadline = shared.lifecycle.deadline();
+        let mut last_packets = None;
+        let mut quiet_since = Instant::now();
+        loop {
+            let open = match std::fs::read_to_string("/proc/net/nf_conntrack") {
+                Ok(table) => open_flows(&table, &matches) > 0,
+                // No conntrack table to read: open while the counters still move.
+                Err(_) => {
+                    let packets: u64 = nft::counters(TABLE)
+                        .map(|c| c.values().map(|v| v.0).sum())
+                        .unwrap_or(0);
+                    if last_packets != Some(packets) {
+                        last_packets = Some(packets);
+                        quiet_since = Instant::now();
+                    }
+                    quiet_since.elapsed() < Duration::from_secs(1)
+                }
+            };
+            if !open {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(table = TABLE, "kernel mode: shutdown deadline reached with flows still open: they end with the table");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.remove();
+    }
+
     fn remove(&mut self) {
         if let Some(h) = self.handle.take() {
             *OWNED.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -364,10 +422,9 @@ impl Kernel {
         let (mut p, mut generations) = (Plan::default(), HashMap::new());
         loop {
             if shared.lifecycle.stopping() {
-                // New flows stop here as they stop at lb's listeners; conntrack keeps the open
-                // ones on their backends until they end.
-                self.remove();
+                self.stop(shared);
                 status.update(|v| v.services.values_mut().for_each(|s| s.active = false));
+                status.mark_stopped();
                 return;
             }
             let now = inputs(shared);
@@ -433,6 +490,47 @@ fn inputs(shared: &Shared) -> (u64, Vec<u64>) {
     )
 }
 
+/// Flows in `/proc/net/nf_conntrack` (this namespace's) that one of `matches` DNATed and that
+/// have not ended: their original destination is the listener's address and port and their
+/// reply comes from elsewhere (a backend), in any state but TIME_WAIT and CLOSE.
+pub fn open_flows(conntrack: &str, matches: &[ruleset::Match]) -> usize {
+    conntrack
+        .lines()
+        .filter(|l| l.contains(" tcp ") && !l.contains(" TIME_WAIT ") && !l.contains(" CLOSE "))
+        .filter(|l| {
+            let field = |k: &str, nth: usize| {
+                l.split_whitespace()
+                    .filter_map(|w| w.strip_prefix(k))
+                    .nth(nth)
+            };
+            let (Some(dst), Some(dport), Some(reply_src)) =
+                (field("dst=", 0), field("dport=", 0), field("src=", 1))
+            else {
+                return false;
+            };
+            reply_src != dst
+                && matches
+                    .iter()
+                    .any(|(a, p)| dport == p.to_string() && a.is_none_or(|a| a.to_string() == dst))
+        })
+        .count()
+}
+
+/// After the workers have finished: waits for the kernel loop to finish its stop (its flows
+/// ended or the deadline passed, its table removed), so that the process does not exit from
+/// under the flows netfilter still forwards.
+pub fn wait_stopped(shared: &Shared) {
+    if !shared.kernel.in_use() {
+        return;
+    }
+    let limit = shared
+        .lifecycle
+        .deadline()
+        .saturating_duration_since(Instant::now())
+        + Duration::from_secs(2);
+    shared.kernel.wait_stopped(limit);
+}
+
 /// For `/lb/stats`: a backend's counters from netfilter, when its service is in kernel mode.
 pub fn backend_counters(
     status: &KernelStatus,
@@ -448,4 +546,32 @@ pub fn backend_counters(
         a => a,
     };
     v.services.get(service)?.backends.get(&addr).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn open_flows_are_the_dnated_ones_of_the_listener_that_have_not_ended() {
+        // As /proc/net/nf_conntrack shows them here.
+        let table = "\
+ipv4     2 tcp      6 118 TIME_WAIT src=10.253.0.101 dst=10.253.100.1 sport=56607 dport=80 src=10.253.1.12 dst=10.253.0.101 sport=8000 dport=56607 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 431965 ESTABLISHED src=10.253.0.101 dst=10.253.100.1 sport=34337 dport=80 src=10.253.1.12 dst=10.253.0.101 sport=8000 dport=34337 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 50 FIN_WAIT src=10.253.0.102 dst=10.253.100.1 sport=34338 dport=80 src=10.253.1.11 dst=10.253.0.102 sport=8000 dport=34338 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 431965 ESTABLISHED src=10.253.0.101 dst=10.253.1.11 sport=1 dport=8000 src=10.253.1.11 dst=10.253.0.101 sport=8000 dport=1 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 tcp      6 431965 ESTABLISHED src=127.0.0.1 dst=10.253.100.1 sport=2 dport=80 src=10.253.100.1 dst=127.0.0.1 sport=80 dport=2 [ASSURED] mark=0 zone=0 use=2
+ipv4     2 udp      17 20 src=10.253.0.101 dst=10.253.100.1 sport=5 dport=80 src=10.253.1.12 dst=10.253.0.101 sport=80 dport=5 mark=0 zone=0 use=2
+";
+        let vip = Some(Ipv4Addr::new(10, 253, 100, 1));
+        assert_eq!(
+            open_flows(table, &[(vip, 80)]),
+            2,
+            "established and closing, DNATed"
+        );
+        assert_eq!(open_flows(table, &[(None, 80)]), 2, "a 0.0.0.0 listener");
+        assert_eq!(open_flows(table, &[(vip, 81)]), 0);
+        assert_eq!(open_flows("", &[(vip, 80)]), 0);
+    }
 }

@@ -350,6 +350,12 @@ pub fn delta(table: &str, old: &Plan, new: &Plan) -> Option<String> {
     Some(s)
 }
 
+/// Takes the DNAT rules out and leaves the rest: no new flow is DNATed, and the nat chains that
+/// keep the kernel translating the open ones stay.
+pub fn stop_new_flows(table: &str) -> String {
+    format!("flush chain ip {table} prerouting\nflush chain ip {table} output\n")
+}
+
 /// Deletes the table with this handle: the one this process made, and not one that another lb
 /// (the new process of a binary upgrade) put in its place under the same name.
 pub fn remove(handle: u64) -> String {
@@ -494,5 +500,9 @@ mod tests {
         assert_eq!(parse_counter_name("s0_10_0_1_x_80_t"), None);
         assert_eq!(parse_counter_name("other"), None);
         assert_eq!(remove(42), "delete table ip handle 42\n");
+        assert_eq!(
+            stop_new_flows(TABLE),
+            "flush chain ip lb prerouting\nflush chain ip lb output\n"
+        );
     }
 }
