@@ -321,8 +321,14 @@ def measure_run(topo, target, point, round_no, args, tmp, backend_pid):
             r = loadgen(topo, url, spec, args.duration, args.warmup, tmp)
     finally:
         if proc is not None:
-            stop(proc)
+            stop(proc, wait=10.0)
             topo.procs.remove(proc)
+            if target == "kernel":
+                # A direct run after this one must not find conntrack and nat hooks left on.
+                ns = topo.ns("router")
+                if "table ip lb" in sh("ip", "netns", "exec", ns, "nft", "list", "tables"):
+                    log("  lb left its table: deleting it (in the benchmark's own namespace)")
+                    sh("ip", "netns", "exec", ns, "nft", "delete", "table", "ip", "lb")
     t0 = r["started_unix_ms"] / 1000
     t1 = t0 + r["duration_s"]
     n = max(r["requests"], 1)
@@ -351,6 +357,14 @@ def measure(args):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
             sys.exit(f"{tool} is not installed")
     points = [p for p in args.points.split(",") if p]
+
+    def terminate(signum, _frame):
+        # SIGTERM (and SIGINT, which a shell leaves ignored for a command it starts in the
+        # background) unwind through the cleanup below: the namespaces go, with what ran there.
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     remove_stale_namespaces()
     idle_before = ys.background_busy()
     runs, before_rounds = [], []

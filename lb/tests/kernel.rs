@@ -236,9 +236,14 @@ struct Deployment {
 }
 
 fn lb_config(topo: &KernelTopology) -> String {
+    let snat = if topo.routed {
+        ""
+    } else {
+        "[services.kernel]\nsnat = \"masquerade\"\n"
+    };
     let mut s = format!(
         "cores = 1\n[admin]\nlisten = \"{ADMIN}\"\n[shutdown]\ngrace_ms = 5000\nlame_duck_ms = 0\n\
-         [[services]]\nname = \"web\"\nmode = \"kernel\"\n\
+         [[services]]\nname = \"web\"\nmode = \"kernel\"\n{snat}\
          [services.health]\ncheck = \"tcp\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = {CHECK_TIMEOUT_MS}\nfall = {FALL}\nrise = 2\n"
     );
     for (j, w) in (1..=BACKENDS).zip(WEIGHTS) {
@@ -255,8 +260,9 @@ fn lb_config(topo: &KernelTopology) -> String {
 }
 
 impl Deployment {
-    fn start(tag: &str) -> Deployment {
-        let topo = KernelTopology::new(tag, BACKENDS, CLIENTS);
+    /// `routed`: the backends route their replies through lb; else lb masquerades.
+    fn start(tag: &str, routed: bool) -> Deployment {
+        let topo = KernelTopology::new(tag, BACKENDS, CLIENTS, routed);
         let backends: Vec<Option<NsProc>> = (1..=BACKENDS)
             .map(|j| {
                 let listen = format!("{}:{BACKEND_PORT}", topo.backend_ip(j));
@@ -467,7 +473,7 @@ fn kernel_mode_sends_each_client_where_lbs_maglev_does_in_its_proportions_and_re
         return;
     }
     let t0 = Instant::now();
-    let mut d = Deployment::start("ka");
+    let mut d = Deployment::start("ka", true);
     let want = lbs_choice(&d.topo, &[]);
     d.start_lb(true);
 
@@ -600,7 +606,7 @@ fn a_drained_or_killed_backend_leaves_the_kernel_map_and_only_its_clients_move()
         return;
     }
     let t0 = Instant::now();
-    let mut d = Deployment::start("kh");
+    let mut d = Deployment::start("kh", true);
     d.start_lb(true);
     let all = lbs_choice(&d.topo, &[]);
     assert_eq!(d.client.round("baseline"), all);
@@ -674,4 +680,21 @@ fn a_drained_or_killed_backend_leaves_the_kernel_map_and_only_its_clients_move()
         "kernel health: b3 out of the map {took_ms} ms after its kill (bound {DETECT_BOUND_MS} ms); {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn with_snat_masquerade_backends_without_a_route_back_answer_through_lb() {
+    if !netns::ready_with_tools("kernel snat", &["curl", "nft"]) {
+        return;
+    }
+    let mut d = Deployment::start("ks", false);
+    d.start_lb(true);
+    // The backends have no route to the clients: every answer came back through lb's SNAT.
+    assert_eq!(d.client.round("masqueraded"), lbs_choice(&d.topo, &[]));
+    let s = d.stats();
+    for j in 1..=BACKENDS {
+        let b = backend_of(&s, &format!("b{j}"));
+        assert!(b["kernel"]["packets"].as_u64().unwrap() > 0, "b{j}: {b}");
+    }
+    d.stop_lb(libc::SIGTERM);
 }

@@ -1151,22 +1151,25 @@ pub fn http_get(
 /// ```
 ///
 /// The backends' default route goes through lb's namespace, so their replies to a DNATed flow
-/// come back through it and need no SNAT. As with the others, every link is made inside the
+/// come back through it and need no SNAT (`routed = false`: they have no route to the clients,
+/// and only SNAT brings the replies back). As with the others, every link is made inside the
 /// namespaces and all of it (nftables tables included) goes when this is dropped.
 pub struct KernelTopology {
     pub prefix: String,
     pub backends: usize,
     pub clients: usize,
+    pub routed: bool,
     ns: Namespaces,
 }
 
 impl KernelTopology {
-    pub fn new(tag: &str, backends: usize, clients: usize) -> KernelTopology {
+    pub fn new(tag: &str, backends: usize, clients: usize, routed: bool) -> KernelTopology {
         assert!(backends <= 9 && clients <= 150);
         let mut t = KernelTopology {
             prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
             backends,
             clients,
+            routed,
             ns: Namespaces::default(),
         };
         t.build()
@@ -1215,14 +1218,14 @@ impl KernelTopology {
         cmds.push("route add default via 10.254.0.1".into());
         ip_batch(&client, &cmds)?;
         for (j, ns) in (1..=self.backends).zip(&backends) {
-            ip_batch(
-                ns,
-                &[
-                    format!("addr add {}/24 dev eth0", self.backend_ip(j)),
-                    "link set eth0 up".into(),
-                    "route add default via 10.254.1.1".into(),
-                ],
-            )?;
+            let mut cmds = vec![
+                format!("addr add {}/24 dev eth0", self.backend_ip(j)),
+                "link set eth0 up".to_string(),
+            ];
+            if self.routed {
+                cmds.push("route add default via 10.254.1.1".into());
+            }
+            ip_batch(ns, &cmds)?;
         }
         Ok(())
     }

@@ -251,7 +251,11 @@ impl Kernel {
                 }
             }
         }
-        // A new table: its counters start from zero, so keep what the old one counted.
+        // A new table: its counters start from zero, so keep what the old one counted (read
+        // now, so that nothing it counted since the last scrape is lost).
+        if self.handle.is_some() {
+            let _ = self.read();
+        }
         for (k, v) in self.last.drain() {
             let b = self.base.entry(k).or_default();
             b.packets += v.packets;
