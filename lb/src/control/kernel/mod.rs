@@ -14,8 +14,12 @@
 //! lb still binds and serves the listener (it holds the port, and whatever netfilter does not
 //! DNAT, such as every connection while netfilter is unavailable, is relayed to the same
 //! backend). The table is lb's own (`ip lb`): replaced at start (a stale one of an lb that
-//! died), removed when lb stops, by its handle, so that the table of a new process that took
-//! over is left alone.
+//! died, in one transaction, so that the flows it forwarded go on), and removed when lb stops,
+//! by its handle, so that the table of a new process that took over is left alone. A stop
+//! first takes the DNAT rules out (new flows stop, as they stop at a relay listener) and keeps
+//! the table's nat chains until the flows netfilter forwarded have ended or the shutdown
+//! deadline passes: without a nat chain in the namespace the kernel stops translating the open
+//! flows (seen here: the next packet of a held connection met a reset).
 
 pub mod nft;
 pub mod ruleset;
