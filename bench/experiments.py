@@ -7,7 +7,8 @@
       algorithms: how even is the load per backend (stdev as % of the mean), and the throughput.
 
   A-1 latency (backends of different speed), A-3 failover, A-4 hashing, sticky sessions,
-  saturation and ECMP (lb instances behind a multipath router, in network namespaces) live in
+  saturation, ECMP (lb instances behind a multipath router, in network namespaces) and kernel
+  mode's hop cost (netfilter DNAT against the relay and HAProxy, in network namespaces) live in
   bench/exp_*.py.
 
 Usage:  python3 bench/experiments.py [--build] EXPERIMENT [options] [--out DIR]   (EXPERIMENT --help: options)
@@ -313,6 +314,7 @@ MODULES = {
     "sticky": "exp_sticky",
     "saturation": "exp_saturation",
     "ecmp": "exp_ecmp",
+    "kernel": "exp_kernel",
 }
 
 

@@ -181,7 +181,10 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
             ),
         },
     }
-    crate::worker::run(shared, sockets)
+    let done = crate::worker::run(shared.clone(), sockets);
+    // The flows netfilter forwards for kernel-mode services end on their own clock.
+    control::kernel::wait_stopped(&shared);
+    done
 }
 
 fn same_address(socks: &[StdListener], want: SocketAddr) -> bool {

@@ -16,11 +16,15 @@ pub enum HashFn {
     Sip13,
     /// CRC-32 (IEEE), widened to 64 bits as `crc << 32 | crc`.
     Crc32,
+    /// The Linux kernel's jhash (lookup3) with [`JHASH_SEED`], widened as CRC-32 is: the
+    /// function nftables' `jhash ip saddr mod M seed S` computes, so that a `maglev` service on
+    /// the client IP picks in lb what kernel mode's DNAT map picks in netfilter.
+    Jhash,
 }
 
 /// The config named a hash function this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown hash function {given:?}; valid names: fnv1a, murmur3, xxh64, sip13, crc32")]
+#[error("unknown hash function {given:?}; valid names: fnv1a, murmur3, xxh64, sip13, crc32, jhash")]
 pub struct ParseHashFnError {
     /// What the config said.
     pub given: String,
@@ -28,12 +32,13 @@ pub struct ParseHashFnError {
 
 impl HashFn {
     /// Every hash function, in the order the docs list them.
-    pub const ALL: [HashFn; 5] = [
+    pub const ALL: [HashFn; 6] = [
         HashFn::Fnv1a,
         HashFn::Murmur3,
         HashFn::Xxh64,
         HashFn::Sip13,
         HashFn::Crc32,
+        HashFn::Jhash,
     ];
 
     /// The config name.
@@ -44,6 +49,7 @@ impl HashFn {
             HashFn::Xxh64 => "xxh64",
             HashFn::Sip13 => "sip13",
             HashFn::Crc32 => "crc32",
+            HashFn::Jhash => "jhash",
         }
     }
 
@@ -58,6 +64,7 @@ impl HashFn {
             // come from a 64-bit hash; repeating it in the high half spreads it over the whole
             // ring while keeping the low half equal to the textbook CRC.
             HashFn::Crc32 => widen32(crc32(data)),
+            HashFn::Jhash => widen32(jhash(data, JHASH_SEED)),
         }
     }
 
@@ -86,6 +93,11 @@ impl FromStr for HashFn {
             })
     }
 }
+
+/// The seed lb gives the kernel's jhash, in lb and in the nftables rules of kernel mode alike
+/// (`seed 0x6c626a68`, "lbjh"): fixed, so every lb instance and restart agrees. nft picks a
+/// random seed when a rule names none, so kernel mode always names this one.
+pub const JHASH_SEED: u32 = 0x6c62_6a68;
 
 fn widen32(c: u32) -> u64 {
     (u64::from(c) << 32) | u64::from(c)
@@ -334,6 +346,83 @@ pub fn crc32(data: &[u8]) -> u32 {
     })
 }
 
+/// The Linux kernel's `jhash(key, length, initval)` (include/linux/jhash.h, Bob Jenkins'
+/// lookup3 as the kernel has it): 12-byte blocks read as three little-endian words, the tail
+/// byte by byte, and no final mix for an empty key.
+pub fn jhash(data: &[u8], initval: u32) -> u32 {
+    const JHASH_INITVAL: u32 = 0xdead_beef;
+    let start = JHASH_INITVAL
+        .wrapping_add(data.len() as u32)
+        .wrapping_add(initval);
+    let (mut a, mut b, mut c) = (start, start, start);
+    let mut k = data;
+    while k.len() > 12 {
+        a = a.wrapping_add(read_u32(&k[0..]));
+        b = b.wrapping_add(read_u32(&k[4..]));
+        c = c.wrapping_add(read_u32(&k[8..]));
+        jhash_mix(&mut a, &mut b, &mut c);
+        k = &k[12..];
+    }
+    if k.is_empty() {
+        return c;
+    }
+    // The tail: byte i of the block lands in word i / 4 at bit 8 * (i % 4).
+    for (i, &byte) in k.iter().enumerate() {
+        let v = u32::from(byte) << (8 * (i % 4));
+        match i / 4 {
+            0 => a = a.wrapping_add(v),
+            1 => b = b.wrapping_add(v),
+            _ => c = c.wrapping_add(v),
+        }
+    }
+    jhash_final(&mut a, &mut b, &mut c);
+    c
+}
+
+fn jhash_mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *a = a.wrapping_sub(*c);
+    *a ^= c.rotate_left(4);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a);
+    *b ^= a.rotate_left(6);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b);
+    *c ^= b.rotate_left(8);
+    *b = b.wrapping_add(*a);
+    *a = a.wrapping_sub(*c);
+    *a ^= c.rotate_left(16);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a);
+    *b ^= a.rotate_left(19);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b);
+    *c ^= b.rotate_left(4);
+    *b = b.wrapping_add(*a);
+}
+
+fn jhash_final(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *c ^= *b;
+    *c = c.wrapping_sub(b.rotate_left(14));
+    *a ^= *c;
+    *a = a.wrapping_sub(c.rotate_left(11));
+    *b ^= *a;
+    *b = b.wrapping_sub(a.rotate_left(25));
+    *c ^= *b;
+    *c = c.wrapping_sub(b.rotate_left(16));
+    *a ^= *c;
+    *a = a.wrapping_sub(c.rotate_left(4));
+    *b ^= *a;
+    *b = b.wrapping_sub(a.rotate_left(14));
+    *c ^= *b;
+    *c = c.wrapping_sub(b.rotate_left(24));
+}
+
+/// The kernel's `reciprocal_scale(val, n)`: `val` scaled into `0..n` by the high half of a
+/// 64-bit product, which is how nft's `jhash ... mod n` reduces a hash to a slot.
+pub fn reciprocal_scale(val: u32, n: u32) -> u32 {
+    ((u64::from(val) * u64::from(n)) >> 32) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +500,31 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(FOX), 0x414F_A339);
         assert_eq!(HashFn::Crc32.hash(b"123456789"), 0xCBF4_3926_CBF4_3926);
+    }
+
+    #[test]
+    fn jhash_matches_lookup3s_published_vectors() {
+        // lookup3.c's driver: hashlittle("", 0, 0) and "Four score..." with initval 0 and 1.
+        assert_eq!(jhash(b"", 0), 0xdead_beef);
+        let four = b"Four score and seven years ago";
+        assert_eq!(jhash(four, 0), 0x1777_0551);
+        assert_eq!(jhash(four, 1), 0xcd62_8161);
+        assert_eq!(HashFn::Jhash.hash(b""), widen32(jhash(b"", JHASH_SEED)));
+    }
+
+    #[test]
+    fn jhash_and_reciprocal_scale_pick_the_slots_nft_picked_for_twelve_clients() {
+        // Golden data from nft 1.0.6 on Linux 6.18, in a network namespace: the rule
+        // `dnat ip to jhash ip saddr mod 7 seed 0x6c62 map @m` with even slots on one backend
+        // and odd ones on another sent 10.253.0.101..112 to these slots' backends (and, after
+        // slot 1 was moved, 10.253.0.103 followed it).
+        let slots = [2, 4, 1, 3, 4, 6, 6, 5, 0, 0, 6, 3];
+        for (i, want) in slots.into_iter().enumerate() {
+            let ip = [10, 253, 0, 101 + i as u8];
+            assert_eq!(reciprocal_scale(jhash(&ip, 0x6c62), 7), want, "{ip:?}");
+        }
+        assert_eq!(reciprocal_scale(u32::MAX, 7), 6);
+        assert_eq!(reciprocal_scale(0, 7), 0);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
-use super::hash::fmix64;
+use super::hash::{fmix64, reciprocal_scale};
 use super::round_robin::RoundRobin;
-use super::{usable, BackendSpec, Candidate, HashConfig, Pick};
+use super::{usable, BackendSpec, Candidate, HashConfig, HashFn, Pick};
 
 /// Marks a table slot not filled yet while building.
 const EMPTY: u32 = u32::MAX;
@@ -15,6 +15,31 @@ const EMPTY: u32 = u32::MAX;
 /// the table. With a share `d` of the table unusable, a key walks with probability
 /// `d^(PROBES+1)`: about 0.01% of keys with half the backends down.
 pub const PROBES: u64 = 12;
+
+/// The golden ratio in 64 bits: the stride between probes.
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// How a key finds its home slot, and what the probes after it re-hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slots {
+    /// `fmix64(key) % m`; the probes re-hash the key.
+    Fmix,
+    /// `reciprocal_scale(key, m)` of the key's low 32 bits, as nft's `jhash ... mod m` reduces
+    /// the kernel's jhash; the probes re-hash the slot, so that a pick depends on the slot
+    /// alone: what a netfilter map from slot to backend can hold (see [`kernel_slots`]).
+    Kernel,
+}
+
+impl Slots {
+    /// `Kernel` for the `jhash` key hash (kernel mode's function), `Fmix` for the others.
+    pub fn for_hash(hash: &HashConfig) -> Slots {
+        if hash.key_hash == HashFn::Jhash {
+            Slots::Kernel
+        } else {
+            Slots::Fmix
+        }
+    }
+}
 
 /// `table[fmix64(key) % m]` is the key's backend; the finaliser, a bijection, keeps a weak key
 /// hash (FNV-1a of structured input) from aliasing modulo `m`. Each backend walks its own
@@ -32,13 +57,41 @@ pub const PROBES: u64 = 12;
 /// proportion to their table shares, then walks the table from the key's slot, which always
 /// terminates because at least one usable backend holds a slot. Keys whose backend is usable
 /// never move.
+///
+/// With the `jhash` key hash the home slot and the probes follow [`Slots::Kernel`] instead, so
+/// that a client lands where kernel mode's netfilter map sends it.
 #[derive(Clone)]
 pub struct Maglev {
     /// Backend index per slot; `len()` is the prime table size, or 0 with no backends. Built once
     /// per change to the backend set and shared by every core.
     table: Arc<Vec<u32>>,
+    slots: Slots,
     /// Picks made without a key still need a backend.
     fallback: RoundRobin,
+}
+
+/// The first backend `ok` accepts among the home slot's, then those of `PROBES` slots re-hashed
+/// from `salt`, then the table walked from home.
+fn resolve(table: &[u32], home: u64, salt: u64, ok: impl Fn(usize) -> bool) -> Option<usize> {
+    let m = table.len() as u64;
+    let at = |slot: u64| table[slot as usize] as usize;
+    let probes = (1..=PROBES).map(|p| fmix64(salt.wrapping_add(p.wrapping_mul(GOLDEN))) % m);
+    let walk = (1..m).map(|off| (home + off) % m);
+    std::iter::once(home)
+        .chain(probes)
+        .chain(walk)
+        .map(at)
+        .find(|&b| ok(b))
+}
+
+/// The backend of every slot under [`Slots::Kernel`] with the backends `ok` accepts (None in
+/// every slot when it accepts none): kernel mode's netfilter map, slot for slot what
+/// [`Maglev`] picks for a key whose jhash reduces to that slot. A slot whose own backend is
+/// accepted keeps it, so taking a backend out changes only its own slots.
+pub fn kernel_slots(table: &[u32], ok: impl Fn(usize) -> bool) -> Vec<Option<u32>> {
+    (0..table.len() as u64)
+        .map(|s| resolve(table, s, s, &ok).map(|b| b as u32))
+        .collect()
 }
 
 /// Whether `n` is prime (trial division: table sizes are small enough).
@@ -145,13 +198,14 @@ pub fn build_table(specs: &[BackendSpec], hash: &HashConfig) -> Vec<u32> {
 impl Maglev {
     /// Builds the table here; see [`build_table`].
     pub fn new(specs: &[BackendSpec], hash: &HashConfig, seed: u64) -> Maglev {
-        Maglev::with_table(Arc::new(build_table(specs, hash)), specs.len(), seed)
+        Maglev::with_table(Arc::new(build_table(specs, hash)), specs.len(), hash, seed)
     }
 
     /// A balancer on a table built elsewhere for `n` backends.
-    pub fn with_table(table: Arc<Vec<u32>>, n: usize, seed: u64) -> Maglev {
+    pub fn with_table(table: Arc<Vec<u32>>, n: usize, hash: &HashConfig, seed: u64) -> Maglev {
         Maglev {
             table,
+            slots: Slots::for_hash(hash),
             fallback: RoundRobin::new(n, seed),
         }
     }
@@ -166,16 +220,15 @@ impl Maglev {
             return None;
         }
         let m = self.table.len() as u64;
-        let at = |slot: u64| self.table[slot as usize] as usize;
-        let home = fmix64(key) % m;
-        let probes = (1..=PROBES)
-            .map(|p| fmix64(key.wrapping_add(p.wrapping_mul(0x9E37_79B9_7F4A_7C15))) % m);
-        let walk = (1..m).map(|off| (home + off) % m);
-        std::iter::once(home)
-            .chain(probes)
-            .chain(walk)
-            .map(at)
-            .find(|&b| usable(candidates, b, exclude))
+        let (home, salt) = match self.slots {
+            Slots::Fmix => (fmix64(key) % m, key),
+            Slots::Kernel => {
+                // m is at most MAX_MAGLEV_TABLE_SIZE: it fits the kernel's u32 modulus.
+                let s = u64::from(reciprocal_scale(key as u32, m as u32));
+                (s, s)
+            }
+        };
+        resolve(&self.table, home, salt, |b| usable(candidates, b, exclude))
     }
 }
 
@@ -184,6 +237,7 @@ impl std::fmt::Debug for Maglev {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maglev")
             .field("table_size", &self.table.len())
+            .field("slots", &self.slots)
             .field("fallback", &self.fallback)
             .finish()
     }
@@ -405,6 +459,64 @@ mod tests {
             assert_ne!(first, second);
             assert_eq!(m.pick_excluding(&c, Some(k), &[first]), Some(second));
         }
+    }
+
+    fn jhash_config(m: u64) -> HashConfig {
+        HashConfig {
+            key_hash: HashFn::Jhash,
+            maglev_table_size: m,
+            ..HashConfig::default()
+        }
+    }
+
+    #[test]
+    fn with_jhash_a_clients_backend_is_the_kernel_map_entry_of_its_slot() {
+        use super::super::hash::{jhash, JHASH_SEED};
+        let h = jhash_config(1_021);
+        let s = weighted(&[1, 2, 1, 1, 3]);
+        let mut m = Maglev::new(&s, &h, 0);
+        let table = build_table(&s, &h);
+        for down in [None, Some(1), Some(4)] {
+            let mut c = Candidate::all_eligible(&s);
+            if let Some(d) = down {
+                c[d].eligible = false;
+            }
+            let map = kernel_slots(&table, |b| c[b].eligible);
+            for i in 0..20_000u32 {
+                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919);
+                let key = super::super::key_from_ip(&h, ip.into());
+                let slot = reciprocal_scale(jhash(&ip.octets(), JHASH_SEED), 1_021);
+                assert_eq!(
+                    m.pick(&c, Some(key)).map(|b| b as u32),
+                    map[slot as usize],
+                    "{ip} with {down:?} down"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn taking_a_backend_out_of_the_kernel_map_changes_only_its_own_slots_evenly() {
+        let h = jhash_config(1_021);
+        let s = specs(5);
+        let table = build_table(&s, &h);
+        let all = kernel_slots(&table, |_| true);
+        assert!(all.iter().zip(table.iter()).all(|(a, &t)| *a == Some(t)));
+        let without_2 = kernel_slots(&table, |b| b != 2);
+        let mut moved_to = [0usize; 5];
+        for (before, after) in all.iter().zip(&without_2) {
+            if *before == Some(2) {
+                moved_to[after.unwrap() as usize] += 1;
+            } else {
+                assert_eq!(before, after);
+            }
+        }
+        assert_eq!(moved_to[2], 0);
+        let displaced: usize = moved_to.iter().sum();
+        for (i, &n) in moved_to.iter().enumerate().filter(|(i, _)| *i != 2) {
+            assert!(n * 4 > displaced * 6 / 10, "backend {i}: {moved_to:?}");
+        }
+        assert!(kernel_slots(&table, |_| false).iter().all(Option::is_none));
     }
 
     #[test]

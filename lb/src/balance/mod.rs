@@ -317,7 +317,7 @@ impl Balancer {
                 Balancer::ConsistentHash(ring_hash::RingHash::with_points(p.clone(), n, seed))
             }
             (Algorithm::Maglev, Table::Maglev(t)) => {
-                Balancer::Maglev(maglev::Maglev::with_table(t.clone(), n, seed))
+                Balancer::Maglev(maglev::Maglev::with_table(t.clone(), n, hash, seed))
             }
             _ => Balancer::new(alg, specs, hash, seed),
         }

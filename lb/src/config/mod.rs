@@ -14,6 +14,7 @@ pub mod env;
 pub mod hash;
 pub mod health;
 pub mod limits;
+pub mod kernel;
 pub mod listen;
 pub mod listeners;
 pub mod pool;
@@ -39,6 +40,7 @@ pub use discovery::DiscoveryConfig;
 pub use env::Overrides;
 pub use hash::KeySource;
 pub use health::{HealthCheck, HealthConfig};
+pub use kernel::{KernelConfig, Mode, Snat};
 pub use listeners::{AcceptProxy, ListenerConfig, Route};
 pub use pool::PoolConfig;
 pub use relay::{RelayConfig, RelayMode};
@@ -291,6 +293,8 @@ impl Config {
                 limits: defaults.limits.clone(),
                 backends: fixed,
                 discover,
+                mode: Mode::Relay,
+                kernel: KernelConfig::default(),
             };
             services::check_table("", &d)?;
             services.insert(0, d);
@@ -378,6 +382,7 @@ impl Config {
                 ));
             }
         }
+        kernel::check_listeners(&services, &listeners)?;
         let admin = admin::build(
             &file.admin,
             over.admin.as_deref(),

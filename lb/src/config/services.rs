@@ -9,6 +9,7 @@ use super::hash::{self, FileHash, KeySource};
 use super::health::{self, FileHealth, HealthConfig};
 use super::limits::{self, FileLimits, ServiceLimits};
 use super::response_time::{self, FileResponseTime, ResponseTime};
+use super::kernel::{self, FileKernel, KernelConfig, Mode};
 use super::retry::{self, FileRetry, RetryConfig};
 use super::timeouts::{self, FileTimeouts, Timeouts};
 use super::{invalid, ConfigError};
@@ -31,6 +32,9 @@ pub struct FileService {
     pub timeouts: Option<FileTimeouts>,
     pub limits: Option<FileLimits>,
     pub response_time: Option<FileResponseTime>,
+    /// `"relay"` (the default) or `"kernel"`: see `config::kernel`.
+    pub mode: Option<String>,
+    pub kernel: Option<FileKernel>,
 }
 
 /// A PROXY protocol header lb writes to each backend before the client's first byte.
@@ -83,6 +87,9 @@ pub struct ServiceConfig {
     pub backends: Vec<BackendConfig>,
     /// Names re-resolved at run time into one backend per address.
     pub discover: Vec<DiscoverSpec>,
+    /// Relayed by lb, or forwarded by netfilter with the `kernel` settings.
+    pub mode: Mode,
+    pub kernel: KernelConfig,
 }
 
 /// Service, listener and route names: they reach logs, metrics labels and admin URLs.
@@ -137,7 +144,7 @@ pub fn build(
         Some(h) => hash::build(&prefix, h, &(d.key.clone(), d.hash), fixed.len())?,
         None => (d.key.clone(), d.hash),
     };
-    let s = ServiceConfig {
+    let mut s = ServiceConfig {
         name: f.name.clone(),
         algorithm,
         key,
@@ -165,7 +172,10 @@ pub fn build(
         },
         backends: fixed,
         discover,
+        mode: Mode::Relay,
+        kernel: KernelConfig::default(),
     };
+    kernel::apply(&prefix, f, &mut s)?;
     check_table(&prefix, &s)?;
     Ok(s)
 }

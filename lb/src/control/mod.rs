@@ -6,6 +6,7 @@ pub mod admin;
 pub mod carry;
 pub mod discovery;
 pub mod health;
+pub mod kernel;
 pub mod reload;
 pub mod replicas;
 pub mod upgrade;
@@ -18,13 +19,15 @@ use std::sync::Arc;
 use crate::shared::Shared;
 
 /// Starts the control thread: the admin API (on `admin` and `admin_unix` when given) and the
-/// active health checks.
+/// active health checks; and kernel mode's loop, which programs netfilter before this returns
+/// (an error when a service requires kernel mode and lb cannot use netfilter).
 pub fn start(
     shared: Arc<Shared>,
     admin: Option<StdListener>,
     admin_unix: Option<StdUnixListener>,
     replicas: Arc<replicas::Supervisor>,
 ) -> std::io::Result<()> {
+    kernel::start(shared.clone())?;
     discovery::start(shared.clone())?;
     std::thread::Builder::new()
         .name("lb-control".into())

@@ -98,6 +98,7 @@ fn apply_file(shared: &Shared, overrides: &Overrides) -> Result<(u64, Vec<&'stat
             "the file changes lb's local replicas, which only a restart can do".to_string()
         });
     }
+    super::kernel::refuse_reload(shared, &next)?;
     let cur = shared.routing.load_full();
 
     // Listeners: kept by name while their address stays; the new ones bound now.

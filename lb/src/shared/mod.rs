@@ -7,6 +7,7 @@ pub mod counters;
 pub mod exit;
 pub mod fds;
 pub mod ips;
+pub mod kernel;
 pub mod routing;
 pub mod set;
 
@@ -115,6 +116,8 @@ pub struct Shared {
     pub access: Arc<access_log::AccessLog>,
     /// What the last SIGHUP did.
     pub last_reload: Mutex<Option<ReloadReport>>,
+    /// Kernel mode as its control loop last saw it, for the admin API.
+    pub kernel: kernel::KernelStatus,
 }
 
 impl Shared {
@@ -159,6 +162,7 @@ impl Shared {
             ready: AtomicUsize::new(0),
             admin_address: admin,
             live: ArcSwap::from_pointee(config.clone()),
+            kernel: Default::default(),
             config,
         })
     }

@@ -1136,3 +1136,125 @@ pub fn http_get(
             .ok_or(("bad_response", "no x-server-id".to_string()));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kernel mode: lb as the router between the clients and the backends
+
+/// lb as a router, the topology of kernel mode (netfilter DNAT, no proxy):
+///
+/// ```text
+///   <p>-client                  <p>-lb                             <p>-b<j>  (j = 1..backends)
+///   eth0 10.254.0.2/24 -------- vc 10.254.0.1/24                  eth0 10.254.1.(10+j)/24
+///   clients 10.254.0.101..      lo 10.254.100.1/32 (the VIP)       default via 10.254.1.1
+///   default via 10.254.0.1      br0 10.254.1.1/24 --- vb<j> -----
+///                               ip_forward = 1
+/// ```
+///
+/// The backends' default route goes through lb's namespace, so their replies to a DNATed flow
+/// come back through it and need no SNAT (`routed = false`: they have no route to the clients,
+/// and only SNAT brings the replies back). As with the others, every link is made inside the
+/// namespaces and all of it (nftables tables included) goes when this is dropped.
+pub struct KernelTopology {
+    pub prefix: String,
+    pub backends: usize,
+    pub clients: usize,
+    pub routed: bool,
+    ns: Namespaces,
+}
+
+impl KernelTopology {
+    pub fn new(tag: &str, backends: usize, clients: usize, routed: bool) -> KernelTopology {
+        assert!(backends <= 9 && clients <= 150);
+        let mut t = KernelTopology {
+            prefix: format!("{NS_PREFIX}{}-{tag}", std::process::id()),
+            backends,
+            clients,
+            routed,
+            ns: Namespaces::default(),
+        };
+        t.build()
+            .unwrap_or_else(|e| panic!("netns setup for {tag}: {e}"));
+        t
+    }
+
+    fn build(&mut self) -> Result<(), String> {
+        let (client, lb) = (self.client_ns(), self.lb_ns());
+        let backends: Vec<String> = (1..=self.backends).map(|j| self.backend_ns(j)).collect();
+        for ns in [&client, &lb].into_iter().chain(&backends) {
+            self.ns.add(ns)?;
+        }
+        let mut cmds = vec![
+            format!("link add vc type veth peer name eth0 netns {client}"),
+            "addr add 10.254.0.1/24 dev vc".to_string(),
+            "link set vc up".into(),
+            "link add br0 type bridge".into(),
+            "addr add 10.254.1.1/24 dev br0".into(),
+            "link set br0 up".into(),
+            format!("addr add {}/32 dev lo", self.vip()),
+        ];
+        for (j, ns) in (1..=self.backends).zip(&backends) {
+            cmds.push(format!(
+                "link add vb{j} type veth peer name eth0 netns {ns}"
+            ));
+            cmds.push(format!("link set vb{j} master br0"));
+            cmds.push(format!("link set vb{j} up"));
+        }
+        ip_batch(&lb, &cmds)?;
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &lb,
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ]))?;
+        let mut cmds = vec!["addr add 10.254.0.2/24 dev eth0".to_string()];
+        cmds.extend(
+            self.client_ips()
+                .iter()
+                .map(|a| format!("addr add {a}/24 dev eth0")),
+        );
+        cmds.push("link set eth0 up".into());
+        cmds.push("route add default via 10.254.0.1".into());
+        ip_batch(&client, &cmds)?;
+        for (j, ns) in (1..=self.backends).zip(&backends) {
+            let mut cmds = vec![
+                format!("addr add {}/24 dev eth0", self.backend_ip(j)),
+                "link set eth0 up".to_string(),
+            ];
+            if self.routed {
+                cmds.push("route add default via 10.254.1.1".into());
+            }
+            ip_batch(ns, &cmds)?;
+        }
+        Ok(())
+    }
+
+    pub fn client_ns(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+
+    pub fn lb_ns(&self) -> String {
+        format!("{}-lb", self.prefix)
+    }
+
+    pub fn backend_ns(&self, j: usize) -> String {
+        format!("{}-b{j}", self.prefix)
+    }
+
+    /// The address lb's kernel-mode listener matches (on lb's loopback).
+    pub fn vip(&self) -> &'static str {
+        "10.254.100.1"
+    }
+
+    pub fn backend_ip(&self, j: usize) -> String {
+        format!("10.254.1.{}", 10 + j)
+    }
+
+    /// The clients' source addresses, all on the client namespace's `eth0`.
+    pub fn client_ips(&self) -> Vec<String> {
+        (1..=self.clients)
+            .map(|k| format!("10.254.0.{}", 100 + k))
+            .collect()
+    }
+}

@@ -286,6 +286,52 @@ impl Collector for LbCollector {
                 .into_iter()
                 .map(|(l, v)| (l, ConstCounter::new(v))),
         )?;
+        // Kernel mode: nftables' counters of the flows netfilter forwarded, per backend.
+        let kv = shared.kernel.view();
+        let mut kernel_rows: Vec<(Labels, crate::shared::kernel::NftCounters)> = Vec::new();
+        for svc in &routing.services {
+            if !kv.services.contains_key(&svc.name) {
+                continue;
+            }
+            for b in svc.set.load().backends.iter() {
+                if let Some(c) =
+                    crate::control::kernel::backend_counters(&shared.kernel, &svc.name, b.address)
+                {
+                    kernel_rows.push((
+                        vec![
+                            ("service", svc.name.clone()),
+                            ("backend", b.name.clone()),
+                            ("address", b.address.to_string()),
+                        ],
+                        c,
+                    ));
+                }
+            }
+        }
+        let kcounter = |f: &dyn Fn(&crate::shared::kernel::NftCounters) -> u64| {
+            kernel_rows
+                .iter()
+                .map(move |(l, c)| (l.clone(), ConstCounter::new(f(c))))
+                .collect::<Vec<_>>()
+        };
+        family(&mut enc, "lb_kernel_backend_packets", "Packets of the backend's flows that netfilter forwarded (kernel mode), both directions, as nftables counted them.", MetricType::Counter, kcounter(&|c| c.packets))?;
+        family(&mut enc, "lb_kernel_backend_bytes", "Bytes of the backend's flows that netfilter forwarded (kernel mode), both directions, IP headers included.", MetricType::Counter, kcounter(&|c| c.bytes))?;
+        family(
+            &mut enc,
+            "lb_kernel_backend_connections",
+            "New flows netfilter DNATed to the backend (kernel mode).",
+            MetricType::Counter,
+            kcounter(&|c| c.connections),
+        )?;
+        family(
+            &mut enc,
+            "lb_service_kernel_active",
+            "1 if netfilter forwards the kernel-mode service's new connections, 0 while lb relays them.",
+            MetricType::Gauge,
+            kv.services.iter().map(|(name, k)| {
+                (vec![("service", name.clone())], ConstGauge::new(k.active as i64))
+            }),
+        )?;
         let none = || -> Labels { Vec::new() };
         family(
             &mut enc,

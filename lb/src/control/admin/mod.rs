@@ -242,6 +242,15 @@ async fn handle(req: &Request, ctx: &Ctx) -> Response {
     if let Some(r) = seed::handle(req, ctx).await {
         return r;
     }
+    if req.method == "GET"
+        && matches!(
+            segs.as_slice(),
+            ["metrics"] | ["lb", "stats" | "services", ..]
+        )
+    {
+        // Kernel mode's counters are nftables': read at the scrape, on the kernel loop's thread.
+        crate::control::kernel::fresh_counters(&shared.kernel).await;
+    }
     let svc = match routes::backend_scope(shared, &segs) {
         Some(Ok((svc, []))) if req.method == "POST" => svc,
         _ => return routes::route(req, shared),

@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use crate::config::Mode;
 use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::set::Override;
 use crate::shared::{Listener, Service, Shared};
@@ -40,6 +41,30 @@ pub struct BackendStats {
     pub drain_deadline_ms: Option<u64>,
     /// least_response_time: each core's estimate, ms (null: no sample on that core yet).
     pub response_time_ms: Vec<Option<f64>>,
+    /// Kernel mode: what nftables counted for the backend (flows netfilter forwarded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounterStats>,
+}
+
+#[derive(Serialize)]
+pub struct KernelCounterStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+}
+
+/// A kernel-mode service's netfilter state.
+#[derive(Serialize)]
+pub struct KernelServiceStats {
+    /// netfilter forwards its new connections now; false: lb relays them.
+    pub active: bool,
+    pub table: String,
+    pub slots: usize,
+    /// The backend set generation the map holds (the service's `generation` once it caught up).
+    pub generation: u64,
+    /// Why it is not active, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +94,10 @@ pub struct QueueStats {
 #[derive(Serialize)]
 pub struct ServiceStats {
     pub name: String,
+    /// `relay` or `kernel`, as configured (`kernel.active` says whether netfilter forwards).
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelServiceStats>,
     pub algorithm: &'static str,
     pub send_proxy: &'static str,
     /// What least_response_time measures.
@@ -195,6 +224,7 @@ pub fn backends_json_of(svc: &Service) -> Vec<BackendStats> {
                     d.saturating_duration_since(std::time::Instant::now())
                         .as_millis() as u64
                 }),
+                kernel: None,
             }
         })
         .collect()
@@ -240,10 +270,51 @@ pub fn overrides_of(svc: &Service) -> Vec<OverrideStats> {
         .collect()
 }
 
-pub fn service_json(_shared: &Shared, svc: &Service) -> ServiceStats {
+/// The service's backends with, in kernel mode, nftables' counters of each.
+pub fn backends_with_kernel(shared: &Shared, svc: &Service) -> Vec<BackendStats> {
+    let mut out = backends_json_of(svc);
+    if svc.config.load().mode == Mode::Kernel {
+        let snap = svc.set.load();
+        for (b, s) in snap.backends.iter().zip(out.iter_mut()) {
+            s.kernel =
+                crate::control::kernel::backend_counters(&shared.kernel, &svc.name, b.address).map(
+                    |c| KernelCounterStats {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                        connections: c.connections,
+                    },
+                );
+        }
+    }
+    out
+}
+
+fn kernel_of(shared: &Shared, svc: &Service) -> Option<KernelServiceStats> {
+    let v = shared.kernel.view();
+    let k = v.services.get(&svc.name);
+    Some(KernelServiceStats {
+        active: k.is_some_and(|k| k.active),
+        table: v.table.clone()?,
+        slots: k.map_or(0, |k| k.slots),
+        generation: k.filter(|k| k.active).map_or(0, |k| k.generation),
+        reason: match (k, &v.unavailable) {
+            (_, Some(why)) => Some(why.clone()),
+            (Some(k), None) if !k.active => {
+                Some("no listener routes to it, or it has no backend".into())
+            }
+            _ => None,
+        },
+    })
+}
+
+pub fn service_json(shared: &Shared, svc: &Service) -> ServiceStats {
     let cfg = svc.config.load();
     ServiceStats {
         name: svc.name.clone(),
+        mode: cfg.mode.name(),
+        kernel: (cfg.mode == Mode::Kernel)
+            .then(|| kernel_of(shared, svc))
+            .flatten(),
         algorithm: cfg.algorithm.name(),
         send_proxy: cfg.send_proxy.name(),
         response_time_metric: cfg.response_time.metric.name(),
@@ -264,7 +335,7 @@ pub fn service_json(_shared: &Shared, svc: &Service) -> ServiceStats {
                     .then(|| c.sum(service_counter::QUEUE_WAIT_US) as f64 / left as f64 / 1000.0),
             }
         },
-        backends: backends_json_of(svc),
+        backends: backends_with_kernel(shared, svc),
         overrides: overrides_of(svc),
     }
 }
@@ -357,7 +428,9 @@ pub fn stats(shared: &Shared) -> serde_json::Value {
         generation: default.map_or(0, |s| s.set.generation()),
         routing_generation: routing.generation,
         stopping: shared.lifecycle.stopping(),
-        backends: default.map(|s| backends_json_of(s)).unwrap_or_default(),
+        backends: default
+            .map(|s| backends_with_kernel(shared, s))
+            .unwrap_or_default(),
         overrides: default.map(|s| overrides_of(s)).unwrap_or_default(),
         services: services_json(shared),
         listeners: listeners_json(shared),
