@@ -1,0 +1,604 @@
+//! A per-core io_uring of our own for multishot receives into a provided buffer ring.
+//!
+//! monoio 0.2.4 keeps its ring and its ops private and has neither multishot receives nor
+//! provided buffers, so this is a second, small ring beside monoio's, used for one thing: a
+//! socket's receives. One `RecvMulti` per socket stays armed for the connection's life (no poll
+//! armed and no failed receive per message), each message lands in a buffer taken from this
+//! core's buffer ring, and a socket waiting for bytes holds no buffer at all. Sends, accepts,
+//! connects and timers stay on monoio.
+//!
+//! The bridge: an eventfd registered on this ring is read by one monoio task per core (the pump),
+//! so that a completion here wakes monoio's loop. Each wake costs one eventfd read on monoio's
+//! ring; the pump then takes every completion waiting here in one pass and wakes the receivers.
+//! The ring runs with COOP_TASKRUN, so its receive work runs in whatever `io_uring_enter` the
+//! thread makes next, usually monoio's own wait, which then sees the eventfd read complete in the
+//! same call.
+//!
+//! Backpressure: a multishot receive keeps taking bytes while the peer sends, whether or not they
+//! were passed on. A socket with [`MAX_QUEUED`] messages waiting is cancelled and re-armed once
+//! its reader took them, so that a slow writer bounds what its connection holds and the kernel's
+//! receive window pushes back on the sender as with any other relay.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::{Context, Poll, Waker};
+
+use io_uring::types::BufRingEntry;
+use io_uring::{cqueue, opcode, types, IoUring};
+use slab::Slab;
+
+use crate::runtime::IoDriver;
+
+/// Size of one provided buffer: what one completion can carry.
+pub const BUF_SIZE: usize = 16 * 1024;
+/// Buffers a core starts with; the pool doubles when the kernel finds it empty, up to
+/// [`MAX_BUFS`] (16 MiB of buffers per core at most).
+pub const INITIAL_BUFS: u16 = 32;
+pub const MAX_BUFS: u16 = 1024;
+/// Buffers are allocated in slabs of this many.
+const SLAB_BUFS: u16 = 16;
+/// Messages a socket may have waiting for its reader before its receive is paused.
+pub const MAX_QUEUED: usize = 4;
+const BGID: u16 = 0;
+const SQ_ENTRIES: u32 = 256;
+const CQ_ENTRIES: u32 = 4096;
+/// user_data of the cancels, whose completions are ignored.
+const CANCEL: u64 = u64::MAX;
+/// `IORING_ENTER_GETEVENTS` (io_uring.h; the crate keeps its `sys` private).
+const ENTER_GETEVENTS: u32 = 1;
+
+/// One core's receive ring, its buffers and its receivers.
+pub struct RecvRing {
+    inner: RefCell<Inner>,
+    /// The pump's wakeups and completions seen: how well the bridge batches.
+    wakes: Cell<u64>,
+    completions: Cell<u64>,
+}
+
+struct Inner {
+    ring: IoUring,
+    defer: bool,
+    pool: Pool,
+    streams: Slab<Stream>,
+    /// Receivers waiting for a buffer to come back (the pool is at its maximum and empty).
+    starved: Vec<Waker>,
+    /// Wakers collected while draining, woken after the borrow ends.
+    wake: Vec<Waker>,
+}
+
+#[derive(Clone, Copy)]
+enum Ready {
+    Data { bid: u16, len: u32 },
+    Eof,
+    Err(i32),
+}
+
+#[derive(Default)]
+struct Stream {
+    fd: RawFd,
+    queue: VecDeque<Ready>,
+    /// A multishot receive is in the kernel for this socket.
+    armed: bool,
+    /// A cancel of it is on its way (paused for backpressure, or the receiver is gone).
+    cancelling: bool,
+    /// EOF or an error is queued: nothing more will come.
+    done: bool,
+    /// The receiver was dropped while armed: the entry goes with the last completion.
+    dropped: bool,
+    /// The last receive ended for want of a buffer.
+    starved: bool,
+    waker: Option<Waker>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Option<Rc<RecvRing>>>> = const { RefCell::new(None) };
+}
+
+impl RecvRing {
+    /// This core's ring, made (and its pump spawned) on first use; None where it cannot run: the
+    /// epoll driver, a kernel before 6.0 (multishot receive), or a ring the kernel refuses. Must
+    /// be called inside the runtime.
+    pub fn current() -> Option<Rc<RecvRing>> {
+        CURRENT.with(|c| {
+            if let Some(r) = c.borrow().as_ref() {
+                return r.clone();
+            }
+            let made = if IoDriver::current() == Some(IoDriver::IoUring) {
+                match RecvRing::new() {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "multishot receive ring unavailable: using the readiness relay");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            *c.borrow_mut() = Some(made.clone());
+            made
+        })
+    }
+
+    fn new() -> io::Result<Rc<RecvRing>> {
+        if !kernel_at_least(6, 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "multishot receive needs Linux 6.0",
+            ));
+        }
+        let defer = std::env::var("LB_RECV_RING_TASKRUN").as_deref() == Ok("defer");
+        let mut b = IoUring::builder();
+        b.setup_cqsize(CQ_ENTRIES);
+        if defer {
+            b.setup_single_issuer().setup_defer_taskrun();
+        } else {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        let ring = b.build(SQ_ENTRIES)?;
+        let pool = Pool::new(&ring)?;
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just made and own.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let rr = Rc::new(RecvRing {
+            inner: RefCell::new(Inner {
+                ring,
+                defer,
+                pool,
+                streams: Slab::new(),
+                starved: Vec::new(),
+                wake: Vec::new(),
+            }),
+            wakes: Cell::new(0),
+            completions: Cell::new(0),
+        });
+        crate::task::spawn_guarded("recv-ring-pump", pump(rr.clone(), efd));
+        Ok(rr)
+    }
+
+    /// A receiver for `fd`, armed at its first `recv`. `fd` must stay open until it is dropped.
+    pub fn recv(self: &Rc<Self>, fd: RawFd) -> MultiRecv {
+        let key = self.inner.borrow_mut().streams.insert(Stream {
+            fd,
+            ..Stream::default()
+        });
+        MultiRecv {
+            ring: self.clone(),
+            key,
+        }
+    }
+
+    /// (pump wakeups, completions taken): completions per wakeup is the bridge's batch.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.wakes.get(), self.completions.get())
+    }
+
+    /// Buffers in the pool now (allocated, in the kernel's ring or held by receivers).
+    pub fn buffers(&self) -> usize {
+        self.inner.borrow().pool.total as usize
+    }
+
+    /// Takes every completion waiting on the ring and wakes the receivers they belong to.
+    fn drain(&self) {
+        let mut wake = {
+            let mut guard = self.inner.borrow_mut();
+            let inner = &mut *guard;
+            if inner.defer {
+                // Deferred task work runs only in an enter with GETEVENTS on this ring.
+                // SAFETY: no argument; the ring is ours.
+                let _ = unsafe {
+                    inner
+                        .ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
+                };
+            }
+            let mut cancels = Vec::new();
+            let mut n = 0u64;
+            let mut wake = std::mem::take(&mut inner.wake);
+            for cqe in inner.ring.completion() {
+                n += 1;
+                let ud = cqe.user_data();
+                if ud == CANCEL {
+                    continue;
+                }
+                let (res, flags) = (cqe.result(), cqe.flags());
+                let more = cqueue::more(flags);
+                let bid = cqueue::buffer_select(flags);
+                if bid.is_some() {
+                    inner.pool.out += 1;
+                }
+                let key = ud as usize;
+                let Some(st) = inner.streams.get_mut(key) else {
+                    if let Some(bid) = bid {
+                        inner.pool.put(bid);
+                    }
+                    continue;
+                };
+                if !more {
+                    st.armed = false;
+                    st.cancelling = false;
+                }
+                if st.dropped {
+                    if let Some(bid) = bid {
+                        inner.pool.put(bid);
+                    }
+                    if !more {
+                        inner.streams.remove(key);
+                    }
+                    continue;
+                }
+                match (res, bid) {
+                    (len @ 1.., Some(bid)) => {
+                        st.queue.push_back(Ready::Data {
+                            bid,
+                            len: len as u32,
+                        });
+                        if more && !st.cancelling && st.queue.len() >= MAX_QUEUED {
+                            st.cancelling = true;
+                            cancels.push(key);
+                        }
+                    }
+                    (0, _) => {
+                        if let Some(bid) = bid {
+                            inner.pool.put(bid);
+                        }
+                        st.queue.push_back(Ready::Eof);
+                        st.done = true;
+                    }
+                    (e, _) if e == -libc::ENOBUFS => {
+                        st.starved = true;
+                        inner.pool.grow();
+                    }
+                    (e, _) if e == -libc::ECANCELED => {}
+                    (e, bid) => {
+                        if let Some(bid) = bid {
+                            inner.pool.put(bid);
+                        }
+                        st.queue
+                            .push_back(Ready::Err(if e < 0 { -e } else { libc::EIO }));
+                        st.done = true;
+                    }
+                }
+                if let Some(w) = st.waker.take() {
+                    wake.push(w);
+                }
+            }
+            for key in cancels {
+                inner.push(cancel(key));
+            }
+            if !inner.ring.submission().is_empty() {
+                inner.submit();
+            }
+            self.completions.set(self.completions.get() + n);
+            wake
+        };
+        for w in wake.drain(..) {
+            w.wake();
+        }
+        self.inner.borrow_mut().wake = wake;
+    }
+
+    fn put(&self, bid: u16) {
+        let starved = {
+            let mut inner = self.inner.borrow_mut();
+            inner.pool.put(bid);
+            std::mem::take(&mut inner.starved)
+        };
+        starved.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl Inner {
+    fn push(&mut self, sqe: io_uring::squeue::Entry) {
+        // SAFETY: every SQE here points at nothing that could go away (a socket the receiver
+        // keeps open, the buffer ring that lives as long as the ring).
+        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            self.submit();
+        }
+    }
+
+    fn submit(&mut self) {
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "recv ring submit failed");
+        }
+    }
+}
+
+fn cancel(key: usize) -> io_uring::squeue::Entry {
+    opcode::AsyncCancel::new(key as u64)
+        .build()
+        .user_data(CANCEL)
+}
+
+async fn pump(ring: Rc<RecvRing>, efd: OwnedFd) {
+    let file = monoio::fs::File::from_std(std::fs::File::from(efd)).expect("eventfd");
+    let mut buf = vec![0u8; 8];
+    loop {
+        ring.drain();
+        let (res, b) = file.read_at(buf, 0).await;
+        buf = b;
+        ring.wakes.set(ring.wakes.get() + 1);
+        if let Err(e) = res {
+            tracing::error!(error = %e, "recv ring eventfd read failed");
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// One socket's receives. Dropping it cancels the receive still in the kernel.
+pub struct MultiRecv {
+    ring: Rc<RecvRing>,
+    key: usize,
+}
+
+impl MultiRecv {
+    /// The next message: `Ok(None)` at EOF.
+    pub fn recv(&mut self) -> Next<'_> {
+        Next { recv: self }
+    }
+}
+
+pub struct Next<'a> {
+    recv: &'a mut MultiRecv,
+}
+
+impl Future for Next<'_> {
+    type Output = io::Result<Option<Chunk>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let recv = &*self.recv;
+        let mut guard = recv.ring.inner.borrow_mut();
+        let inner = &mut *guard;
+        let st = &mut inner.streams[recv.key];
+        match st.queue.pop_front() {
+            Some(Ready::Data { bid, len }) => {
+                let ptr = inner.pool.addr(bid) as *const u8;
+                return Poll::Ready(Ok(Some(Chunk {
+                    ring: recv.ring.clone(),
+                    bid,
+                    len,
+                    ptr,
+                })));
+            }
+            Some(Ready::Eof) => return Poll::Ready(Ok(None)),
+            Some(Ready::Err(e)) => return Poll::Ready(Err(io::Error::from_raw_os_error(e))),
+            None if st.done => return Poll::Ready(Ok(None)),
+            None => {}
+        }
+        if !st.armed && !st.cancelling {
+            if st.starved && inner.pool.free() == 0 {
+                inner.starved.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            st.starved = false;
+            st.armed = true;
+            let sqe = opcode::RecvMulti::new(types::Fd(st.fd), BGID)
+                .build()
+                .user_data(recv.key as u64);
+            inner.push(sqe);
+            inner.submit();
+        }
+        let st = &mut inner.streams[recv.key];
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for MultiRecv {
+    fn drop(&mut self) {
+        let mut guard = self.ring.inner.borrow_mut();
+        let inner = &mut *guard;
+        let st = &mut inner.streams[self.key];
+        let queued: Vec<Ready> = st.queue.drain(..).collect();
+        let (armed, cancelling) = (st.armed, st.cancelling);
+        if armed {
+            st.dropped = true;
+            st.waker = None;
+        } else {
+            inner.streams.remove(self.key);
+        }
+        for r in queued {
+            if let Ready::Data { bid, .. } = r {
+                inner.pool.put(bid);
+            }
+        }
+        if armed && !cancelling {
+            inner.push(cancel(self.key));
+            // At once: the kernel holds the socket open until its receive is gone.
+            inner.submit();
+        }
+    }
+}
+
+/// One received message, in a buffer of the pool; the buffer goes back when this is dropped.
+pub struct Chunk {
+    ring: Rc<RecvRing>,
+    bid: u16,
+    len: u32,
+    ptr: *const u8,
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the kernel wrote `len` bytes there and the buffer is ours until dropped.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len as usize) }
+    }
+}
+
+// SAFETY: the pointer stays valid and unchanged until the chunk is dropped (the pool never frees
+// a buffer while its ring lives), which is all a send needs.
+unsafe impl monoio::buf::IoBuf for Chunk {
+    fn read_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len as usize
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.ring.put(self.bid);
+    }
+}
+
+/// The provided buffers and the ring through which the kernel takes them.
+struct Pool {
+    /// MAX_BUFS entries, page-aligned, shared with the kernel.
+    entries: *mut BufRingEntry,
+    tail: u16,
+    slabs: Vec<Box<[u8]>>,
+    /// Buffers allocated, and of them those held by receivers (taken by a completion and not
+    /// yet given back).
+    total: u16,
+    out: u16,
+}
+
+impl Pool {
+    fn new(ring: &IoUring) -> io::Result<Pool> {
+        let map_len = MAX_BUFS as usize * std::mem::size_of::<BufRingEntry>();
+        // SAFETY: an anonymous private mapping; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let entries = ptr as *mut BufRingEntry;
+        // SAFETY: the mapping is page-aligned, MAX_BUFS entries long, and lives as long as the
+        // ring (it is unmapped only after the ring is gone).
+        let reg = unsafe {
+            ring.submitter()
+                .register_buf_ring(entries as u64, MAX_BUFS, BGID)
+        };
+        if let Err(e) = reg {
+            // SAFETY: the mapping made above.
+            unsafe { libc::munmap(ptr, map_len) };
+            return Err(e);
+        }
+        let mut pool = Pool {
+            entries,
+            tail: 0,
+            slabs: Vec::new(),
+            total: 0,
+            out: 0,
+        };
+        pool.add(INITIAL_BUFS);
+        Ok(pool)
+    }
+
+    fn free(&self) -> u16 {
+        self.total - self.out
+    }
+
+    fn addr(&self, bid: u16) -> *mut u8 {
+        let slab = &self.slabs[(bid / SLAB_BUFS) as usize];
+        let off = (bid % SLAB_BUFS) as usize * BUF_SIZE;
+        slab[off..].as_ptr() as *mut u8
+    }
+
+    /// Doubles the pool (up to MAX_BUFS); false when it is at its maximum.
+    fn grow(&mut self) -> bool {
+        let n = self.total.min(MAX_BUFS - self.total);
+        if n == 0 {
+            return false;
+        }
+        self.add(n);
+        true
+    }
+
+    fn add(&mut self, n: u16) {
+        let first = self.total;
+        for _ in 0..n.div_ceil(SLAB_BUFS) {
+            // Zeroed memory comes untouched from the kernel: a buffer costs RSS once used.
+            self.slabs
+                .push(vec![0u8; SLAB_BUFS as usize * BUF_SIZE].into_boxed_slice());
+        }
+        self.total += n.div_ceil(SLAB_BUFS) * SLAB_BUFS;
+        for bid in first..self.total {
+            self.publish(bid);
+        }
+        self.commit();
+    }
+
+    /// Gives a buffer back to the kernel.
+    fn put(&mut self, bid: u16) {
+        self.out -= 1;
+        self.publish(bid);
+        self.commit();
+    }
+
+    fn publish(&mut self, bid: u16) {
+        let addr = self.addr(bid) as u64;
+        // SAFETY: the index is masked into the MAX_BUFS entries of our mapping.
+        let e = unsafe { &mut *self.entries.add((self.tail & (MAX_BUFS - 1)) as usize) };
+        e.set_addr(addr);
+        e.set_len(BUF_SIZE as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn commit(&self) {
+        // SAFETY: the tail field of the ring's first entry, shared with the kernel: a release
+        // store publishes the entries written before it.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The ring is gone by now (Inner drops it first), but its requests may be torn down
+        // asynchronously: keep the buffers and the entries rather than risk a late write.
+        std::mem::forget(std::mem::take(&mut self.slabs));
+    }
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: utsname is plain data that uname fills.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    // SAFETY: uname NUL-terminates release.
+    let rel = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    let ma: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mi: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (ma, mi) >= (major, minor)
+}
