@@ -38,6 +38,13 @@ impl IoDriver {
 thread_local! {
     static CURRENT_DRIVER: Cell<Option<IoDriver>> = const { Cell::new(None) };
     static TASK_RUN: Cell<Option<TaskRun>> = const { Cell::new(None) };
+    static RUNTIME_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Tells this thread's runtimes apart (a test may run several, one after the other): per-core
+/// state bound to a runtime, such as its tasks, is made again in the next one.
+pub fn runtime_id() -> u64 {
+    RUNTIME_ID.with(|c| c.get())
 }
 
 /// When the kernel runs an io_uring's completion work (the task work that finishes a receive).
@@ -218,6 +225,7 @@ fn block_on_with<Fut: Future>(
         FusionRuntime::Legacy(_) => IoDriver::Epoll,
     };
     CURRENT_DRIVER.with(|d| d.set(Some(driver)));
+    RUNTIME_ID.with(|c| c.set(c.get() + 1));
     if driver == IoDriver::Epoll
         && index == 0
         && std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_none()

@@ -50,6 +50,8 @@ const SQ_ENTRIES: u32 = 256;
 const CQ_ENTRIES: u32 = 4096;
 /// user_data of the cancels, whose completions are ignored.
 const CANCEL: u64 = u64::MAX;
+/// Marks the user_data of a single-shot receive into a stream's own buffer.
+const PRIVATE: u64 = 1 << 62;
 /// `IORING_ENTER_GETEVENTS` (io_uring.h; the crate keeps its `sys` private).
 const ENTER_GETEVENTS: u32 = 1;
 
@@ -66,15 +68,17 @@ struct Inner {
     defer: bool,
     pool: Pool,
     streams: Slab<Stream>,
-    /// Receivers waiting for a buffer to come back (the pool is at its maximum and empty).
-    starved: Vec<Waker>,
     /// Wakers collected while draining, woken after the borrow ends.
     wake: Vec<Waker>,
 }
 
-#[derive(Clone, Copy)]
 enum Ready {
-    Data { bid: u16, len: u32 },
+    Data {
+        bid: u16,
+        len: u32,
+    },
+    /// Received into the stream's own buffer, the pool being empty.
+    Owned(Box<[u8]>, u32),
     Eof,
     Err(i32),
 }
@@ -93,11 +97,14 @@ struct Stream {
     dropped: bool,
     /// The last receive ended for want of a buffer.
     starved: bool,
+    /// The buffer of a single-shot receive in the kernel (`armed` with the PRIVATE user_data).
+    private: Option<Box<[u8]>>,
     waker: Option<Waker>,
 }
 
 thread_local! {
-    static CURRENT: RefCell<Option<Option<Rc<RecvRing>>>> = const { RefCell::new(None) };
+    /// This thread's ring, and the runtime it was made in (its pump runs there).
+    static CURRENT: RefCell<Option<(u64, Option<Rc<RecvRing>>)>> = const { RefCell::new(None) };
 }
 
 impl RecvRing {
@@ -105,9 +112,12 @@ impl RecvRing {
     /// epoll driver, a kernel before 6.0 (multishot receive), or a ring the kernel refuses. Must
     /// be called inside the runtime.
     pub fn current() -> Option<Rc<RecvRing>> {
+        let runtime = crate::runtime::runtime_id();
         CURRENT.with(|c| {
-            if let Some(r) = c.borrow().as_ref() {
-                return r.clone();
+            if let Some((id, r)) = c.borrow().as_ref() {
+                if *id == runtime {
+                    return r.clone();
+                }
             }
             let made = if IoDriver::current() == Some(IoDriver::IoUring) {
                 match RecvRing::new() {
@@ -120,7 +130,7 @@ impl RecvRing {
             } else {
                 None
             };
-            *c.borrow_mut() = Some(made.clone());
+            *c.borrow_mut() = Some((runtime, made.clone()));
             made
         })
     }
@@ -156,7 +166,6 @@ impl RecvRing {
                 defer,
                 pool,
                 streams: Slab::new(),
-                starved: Vec::new(),
                 wake: Vec::new(),
             }),
             wakes: Cell::new(0),
@@ -193,8 +202,9 @@ impl RecvRing {
         let mut wake = {
             let mut guard = self.inner.borrow_mut();
             let inner = &mut *guard;
-            if inner.defer {
-                // Deferred task work runs only in an enter with GETEVENTS on this ring.
+            if inner.defer || inner.ring.submission().cq_overflow() {
+                // Deferred task work runs only in an enter with GETEVENTS on this ring, and so
+                // does the flush of completions that overflowed the queue.
                 // SAFETY: no argument; the ring is ours.
                 let _ = unsafe {
                     inner
@@ -218,7 +228,7 @@ impl RecvRing {
                 if bid.is_some() {
                     inner.pool.out += 1;
                 }
-                let key = ud as usize;
+                let key = (ud & !PRIVATE) as usize;
                 let Some(st) = inner.streams.get_mut(key) else {
                     if let Some(bid) = bid {
                         inner.pool.put(bid);
@@ -235,6 +245,20 @@ impl RecvRing {
                     }
                     if !more {
                         inner.streams.remove(key);
+                    }
+                    continue;
+                }
+                if ud & PRIVATE != 0 {
+                    let buf = st.private.take().expect("a private receive has its buffer");
+                    st.queue.push_back(match res {
+                        0 => Ready::Eof,
+                        n if n > 0 => Ready::Owned(buf, n as u32),
+                        e if e == -libc::ECANCELED => Ready::Err(libc::ECANCELED),
+                        e => Ready::Err(-e),
+                    });
+                    st.done = res <= 0;
+                    if let Some(w) = st.waker.take() {
+                        wake.push(w);
                     }
                     continue;
                 }
@@ -275,7 +299,7 @@ impl RecvRing {
                 }
             }
             for key in cancels {
-                inner.push(cancel(key));
+                inner.push(cancel(key as u64));
             }
             if !inner.ring.submission().is_empty() {
                 inner.submit();
@@ -290,12 +314,7 @@ impl RecvRing {
     }
 
     fn put(&self, bid: u16) {
-        let starved = {
-            let mut inner = self.inner.borrow_mut();
-            inner.pool.put(bid);
-            std::mem::take(&mut inner.starved)
-        };
-        starved.into_iter().for_each(Waker::wake);
+        self.inner.borrow_mut().pool.put(bid);
     }
 }
 
@@ -315,8 +334,8 @@ impl Inner {
     }
 }
 
-fn cancel(key: usize) -> io_uring::squeue::Entry {
-    opcode::AsyncCancel::new(key as u64)
+fn cancel(user_data: u64) -> io_uring::squeue::Entry {
+    opcode::AsyncCancel::new(user_data)
         .build()
         .user_data(CANCEL)
 }
@@ -328,7 +347,16 @@ async fn pump(ring: Rc<RecvRing>, efd: OwnedFd) {
         ring.drain();
         let (res, b) = file.read_at(buf, 0).await;
         buf = b;
-        ring.wakes.set(ring.wakes.get() + 1);
+        let wakes = ring.wakes.get() + 1;
+        ring.wakes.set(wakes);
+        if wakes.is_multiple_of(1 << 16) {
+            tracing::debug!(
+                wakes,
+                completions = ring.completions.get(),
+                buffers = ring.buffers(),
+                "recv ring: completions taken per pump wakeup"
+            );
+        }
         if let Err(e) = res {
             tracing::error!(error = %e, "recv ring eventfd read failed");
             monoio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -366,9 +394,19 @@ impl Future for Next<'_> {
                 let ptr = inner.pool.addr(bid) as *const u8;
                 return Poll::Ready(Ok(Some(Chunk {
                     ring: recv.ring.clone(),
-                    bid,
+                    bid: Some(bid),
+                    _owned: None,
                     len,
                     ptr,
+                })));
+            }
+            Some(Ready::Owned(buf, len)) => {
+                return Poll::Ready(Ok(Some(Chunk {
+                    ring: recv.ring.clone(),
+                    bid: None,
+                    ptr: buf.as_ptr(),
+                    _owned: Some(buf),
+                    len,
                 })));
             }
             Some(Ready::Eof) => return Poll::Ready(Ok(None)),
@@ -377,15 +415,24 @@ impl Future for Next<'_> {
             None => {}
         }
         if !st.armed && !st.cancelling {
-            if st.starved && inner.pool.free() == 0 {
-                inner.starved.push(cx.waker().clone());
-                return Poll::Pending;
-            }
-            st.starved = false;
             st.armed = true;
-            let sqe = opcode::RecvMulti::new(types::Fd(st.fd), BGID)
-                .build()
-                .user_data(recv.key as u64);
+            let sqe = if st.starved && inner.pool.free() == 0 {
+                // The pool is at its maximum and every buffer is held (by connections whose
+                // peers do not read): receive once into a buffer of this stream's own rather
+                // than wait for one, so that a crowd of stalled connections slows the others
+                // down but never stops them.
+                let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+                let sqe = opcode::Recv::new(types::Fd(st.fd), buf.as_mut_ptr(), BUF_SIZE as u32)
+                    .build()
+                    .user_data(recv.key as u64 | PRIVATE);
+                st.private = Some(buf);
+                sqe
+            } else {
+                st.starved = false;
+                opcode::RecvMulti::new(types::Fd(st.fd), BGID)
+                    .build()
+                    .user_data(recv.key as u64)
+            };
             inner.push(sqe);
             inner.submit();
         }
@@ -404,6 +451,7 @@ impl Drop for MultiRecv {
         let st = &mut inner.streams[self.key];
         let queued: Vec<Ready> = st.queue.drain(..).collect();
         let (armed, cancelling) = (st.armed, st.cancelling);
+        let ud = self.key as u64 | if st.private.is_some() { PRIVATE } else { 0 };
         if armed {
             st.dropped = true;
             st.waker = None;
@@ -416,17 +464,20 @@ impl Drop for MultiRecv {
             }
         }
         if armed && !cancelling {
-            inner.push(cancel(self.key));
+            inner.push(cancel(ud));
             // At once: the kernel holds the socket open until its receive is gone.
             inner.submit();
         }
     }
 }
 
-/// One received message, in a buffer of the pool; the buffer goes back when this is dropped.
+/// One received message, in a buffer of the pool (given back when this is dropped) or, when
+/// the pool was exhausted, in one of its own.
 pub struct Chunk {
     ring: Rc<RecvRing>,
-    bid: u16,
+    bid: Option<u16>,
+    /// Keeps the memory `ptr` points into when it is not the pool's.
+    _owned: Option<Box<[u8]>>,
     len: u32,
     ptr: *const u8,
 }
@@ -464,7 +515,9 @@ unsafe impl monoio::buf::IoBuf for Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.ring.put(self.bid);
+        if let Some(bid) = self.bid {
+            self.ring.put(bid);
+        }
     }
 }
 
@@ -601,4 +654,149 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let ma: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let mi: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     (ma, mi) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    /// `n` loopback connections: (the receiving end, the sending end).
+    fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        (0..n)
+            .map(|_| {
+                let tx = TcpStream::connect(a).unwrap();
+                let (rx, _) = l.accept().unwrap();
+                (rx, tx)
+            })
+            .collect()
+    }
+
+    fn pattern(conn: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + conn * 7) as u8).collect()
+    }
+
+    /// Everything a receiver gets until EOF.
+    async fn read_all(r: &mut MultiRecv) -> Vec<u8> {
+        let mut got = Vec::new();
+        while let Some(c) = r.recv().await.unwrap() {
+            got.extend_from_slice(&c);
+        }
+        got
+    }
+
+    #[test]
+    fn bytes_arrive_in_order_and_eof_follows() {
+        crate::runtime::block_on(|| async {
+            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let mut p = pairs(1);
+            let (rx, tx) = p.pop().unwrap();
+            let mut r = ring.recv(rx.as_raw_fd());
+            let data = pattern(0, 200_000);
+            let sent = data.clone();
+            let writer = std::thread::spawn(move || {
+                let mut tx = tx;
+                for part in sent.chunks(1000) {
+                    tx.write_all(part).unwrap();
+                }
+            });
+            assert_eq!(read_all(&mut r).await, data);
+            writer.join().unwrap();
+            drop(rx);
+        });
+    }
+
+    /// 300 connections with 64 KiB each waiting and nobody reading: the pool grows to its
+    /// maximum, receives pause at MAX_QUEUED, and when every buffer is held the starved
+    /// connections receive into buffers of their own: every byte still arrives.
+    #[test]
+    fn unread_connections_exhaust_the_pool_and_every_byte_still_arrives() {
+        crate::runtime::block_on(|| async {
+            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let conns = pairs(300);
+            let len = 64 * 1024;
+            let mut rs: Vec<MultiRecv> = conns
+                .iter()
+                .map(|(rx, _)| ring.recv(rx.as_raw_fd()))
+                .collect();
+            // Arm every receiver (one poll each), then let the bytes pour in.
+            for r in rs.iter_mut() {
+                let waker = std::task::Waker::noop();
+                let mut cx = Context::from_waker(waker);
+                let mut next = r.recv();
+                let _ = Pin::new(&mut next).poll(&mut cx);
+            }
+            let senders: Vec<_> = conns
+                .iter()
+                .enumerate()
+                .map(|(i, (_, tx))| {
+                    let mut tx = tx.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        tx.write_all(&pattern(i, len)).unwrap();
+                        tx.shutdown(std::net::Shutdown::Write).unwrap();
+                    })
+                })
+                .collect();
+            monoio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert_eq!(
+                ring.buffers(),
+                MAX_BUFS as usize,
+                "the pool grew to its maximum"
+            );
+            // Keep every message: 300 x 64 KiB is more than the whole pool, so the last
+            // connections find it empty.
+            let mut kept = Vec::new();
+            for (i, r) in rs.iter_mut().enumerate() {
+                let mut chunks = Vec::new();
+                while let Some(c) = r.recv().await.unwrap() {
+                    chunks.push(c);
+                }
+                let got: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                assert!(got == pattern(i, len), "connection {i}");
+                kept.push(chunks);
+            }
+            let owned = kept.iter().flatten().filter(|c| c.bid.is_none()).count();
+            assert!(owned > 0, "no receive went to a buffer of its own");
+            drop(kept);
+            senders.into_iter().for_each(|s| s.join().unwrap());
+            assert_eq!(ring.inner.borrow().pool.out, 0, "every buffer given back");
+        });
+    }
+
+    #[test]
+    fn a_dropped_receiver_lets_its_socket_close() {
+        crate::runtime::block_on(|| async {
+            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let (rx, mut tx) = pairs(1).pop().unwrap();
+            let mut r = ring.recv(rx.as_raw_fd());
+            tx.write_all(b"x").unwrap();
+            assert_eq!(&*r.recv().await.unwrap().unwrap(), b"x");
+            // The receive is armed again and holds the socket; dropping both must close it.
+            drop(r);
+            drop(rx);
+            tx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            let t = std::time::Instant::now();
+            let got = loop {
+                // Let the ring run the cancel while we wait for the close.
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tx.set_nonblocking(true).unwrap();
+                match std::io::Read::read(&mut tx, &mut b) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break 0,
+                }
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(5),
+                    "socket kept open"
+                );
+            };
+            assert_eq!(got, 0);
+        });
+    }
 }
