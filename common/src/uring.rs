@@ -7,12 +7,13 @@
 //! core's buffer ring, and a socket waiting for bytes holds no buffer at all. Sends, accepts,
 //! connects and timers stay on monoio.
 //!
-//! The bridge: an eventfd registered on this ring is read by one monoio task per core (the pump),
-//! so that a completion here wakes monoio's loop. Each wake costs one eventfd read on monoio's
-//! ring; the pump then takes every completion waiting here in one pass and wakes the receivers.
-//! The ring runs with COOP_TASKRUN, so its receive work runs in whatever `io_uring_enter` the
-//! thread makes next, usually monoio's own wait, which then sees the eventfd read complete in the
-//! same call.
+//! The bridge: one monoio task per core (the pump) waits for this ring's descriptor to poll
+//! readable (completions waiting) with a poll on monoio's ring, takes every completion waiting
+//! here in one pass, wakes the receivers they belong to and polls again. Each wake costs one
+//! poll armed on monoio's ring (a poll, not the failed read and poll an eventfd read costs;
+//! `LB_RECV_RING_BRIDGE=eventfd` selects that bridge instead, for comparison). The ring runs
+//! with COOP_TASKRUN, so its receive work runs in whatever `io_uring_enter` the thread makes
+//! next, usually monoio's own wait, which then sees the poll complete in the same call.
 //!
 //! Backpressure: a multishot receive keeps taking bytes while the peer sends, whether or not they
 //! were passed on. A socket with [`MAX_QUEUED`] messages waiting is cancelled and re-armed once
@@ -65,7 +66,6 @@ pub struct RecvRing {
 
 struct Inner {
     ring: IoUring,
-    defer: bool,
     pool: Pool,
     streams: Slab<Stream>,
     /// Wakers collected while draining, woken after the borrow ends.
@@ -142,28 +142,33 @@ impl RecvRing {
                 "multishot receive needs Linux 6.0",
             ));
         }
-        let defer = std::env::var("LB_RECV_RING_TASKRUN").as_deref() == Ok("defer");
         let mut b = IoUring::builder();
-        b.setup_cqsize(CQ_ENTRIES);
-        if defer {
-            b.setup_single_issuer().setup_defer_taskrun();
-        } else {
-            b.setup_coop_taskrun().setup_taskrun_flag();
-        }
+        b.setup_cqsize(CQ_ENTRIES)
+            .setup_coop_taskrun()
+            .setup_taskrun_flag();
         let ring = b.build(SQ_ENTRIES)?;
         let pool = Pool::new(&ring)?;
-        // SAFETY: eventfd(2) returns a new descriptor or -1.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
+        let bridge = match std::env::var("LB_RECV_RING_BRIDGE").as_deref() {
+            Ok("eventfd") => Bridge::EventFd,
+            _ => Bridge::Poll,
+        };
+        let wake_fd = match bridge {
+            // SAFETY: dup(2) of the ring's descriptor returns a new one or -1.
+            Bridge::Poll => unsafe { libc::fcntl(ring.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) },
+            // SAFETY: eventfd(2) returns a new descriptor or -1.
+            Bridge::EventFd => unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) },
+        };
+        if wake_fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a descriptor we just made and own.
-        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ring.submitter().register_eventfd(efd.as_raw_fd())?;
+        let wake_fd = unsafe { OwnedFd::from_raw_fd(wake_fd) };
+        if bridge == Bridge::EventFd {
+            ring.submitter().register_eventfd(wake_fd.as_raw_fd())?;
+        }
         let rr = Rc::new(RecvRing {
             inner: RefCell::new(Inner {
                 ring,
-                defer,
                 pool,
                 streams: Slab::new(),
                 wake: Vec::new(),
@@ -171,7 +176,7 @@ impl RecvRing {
             wakes: Cell::new(0),
             completions: Cell::new(0),
         });
-        crate::task::spawn_guarded("recv-ring-pump", pump(rr.clone(), efd));
+        crate::task::spawn_guarded("recv-ring-pump", pump(rr.clone(), bridge, wake_fd));
         Ok(rr)
     }
 
@@ -202,9 +207,9 @@ impl RecvRing {
         let mut wake = {
             let mut guard = self.inner.borrow_mut();
             let inner = &mut *guard;
-            if inner.defer || inner.ring.submission().cq_overflow() {
-                // Deferred task work runs only in an enter with GETEVENTS on this ring, and so
-                // does the flush of completions that overflowed the queue.
+            if inner.ring.submission().cq_overflow() {
+                // Completions that overflowed the queue come back only in an enter with
+                // GETEVENTS.
                 // SAFETY: no argument; the ring is ours.
                 let _ = unsafe {
                     inner
@@ -340,25 +345,59 @@ fn cancel(user_data: u64) -> io_uring::squeue::Entry {
         .user_data(CANCEL)
 }
 
-async fn pump(ring: Rc<RecvRing>, efd: OwnedFd) {
-    let file = monoio::fs::File::from_std(std::fs::File::from(efd)).expect("eventfd");
-    let mut buf = vec![0u8; 8];
-    loop {
-        ring.drain();
-        let (res, b) = file.read_at(buf, 0).await;
-        buf = b;
-        let wakes = ring.wakes.get() + 1;
-        ring.wakes.set(wakes);
-        if wakes.is_multiple_of(1 << 16) {
+/// How completions on this ring wake monoio's loop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bridge {
+    /// A poll on the ring's own descriptor, armed on monoio's ring.
+    Poll,
+    /// An eventfd registered on the ring, read on monoio's ring.
+    EventFd,
+}
+
+async fn pump(ring: Rc<RecvRing>, bridge: Bridge, fd: OwnedFd) {
+    match bridge {
+        Bridge::Poll => {
+            // monoio has no poll on an arbitrary descriptor, but a TcpStream's `readable` is a
+            // plain IORING_OP_POLL_ADD on the descriptor it holds, nothing socket-specific, and
+            // an io_uring descriptor polls readable while completions wait on it.
+            let ring_fd = monoio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
+                .expect("a descriptor for the pump's poll");
+            loop {
+                ring.drain();
+                let res = ring_fd.readable(true).await;
+                ring.woken(res).await;
+            }
+        }
+        Bridge::EventFd => {
+            let file = monoio::fs::File::from_std(std::fs::File::from(fd)).expect("eventfd");
+            let mut buf = vec![0u8; 8];
+            loop {
+                ring.drain();
+                let (res, b) = file.read_at(buf, 0).await;
+                buf = b;
+                ring.woken(res.map(drop)).await;
+            }
+        }
+    }
+}
+
+impl RecvRing {
+    /// The pump was woken (`res`: how its wait ended).
+    async fn woken(&self, res: io::Result<()>) {
+        let wakes = self.wakes.get() + 1;
+        self.wakes.set(wakes);
+        if wakes.is_multiple_of(1 << 12) {
             tracing::debug!(
                 wakes,
-                completions = ring.completions.get(),
-                buffers = ring.buffers(),
+                completions = self.completions.get(),
+                buffers = self.buffers(),
                 "recv ring: completions taken per pump wakeup"
             );
         }
         if let Err(e) = res {
-            tracing::error!(error = %e, "recv ring eventfd read failed");
+            // Never seen; the receivers would stall without the pump, so log and go on
+            // without spinning.
+            tracing::error!(error = %e, "recv ring pump wait failed");
             monoio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }

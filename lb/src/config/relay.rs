@@ -76,12 +76,14 @@ pub fn build(f: &FileRelay) -> Result<RelayConfig, ConfigError> {
         Some("readiness") => RelayMode::Readiness,
         Some("completion") => RelayMode::Completion,
         Some("multishot") => RelayMode::Multishot,
-        Some(other) => return Err(invalid(
-            "relay.mode",
-            format!(
+        Some(other) => {
+            return Err(invalid(
+                "relay.mode",
+                format!(
                 "'{other}' is not a relay mode: use \"readiness\", \"completion\" or \"multishot\""
             ),
-        )),
+            ))
+        }
     };
     let max_head = f.max_head.unwrap_or(DEFAULT_MAX_HEAD);
     if !(256..=1024 * 1024).contains(&max_head) {
