@@ -297,7 +297,7 @@ def backend_proc(port, cpu, server_id, cores=1, extra=()):
     return Server(f"backend-{server_id}", argv, port, cpu=cpu)
 
 
-def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None):
+def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None, env=None):
     argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores), "--admin", "off",
             "--algorithm", algorithm, "--backend", ",".join(f"127.0.0.1:{p}" for p in backend_ports), *extra]
     dirs = []
@@ -306,7 +306,7 @@ def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=()
         conf = dirs[0] / "lb.toml"
         conf.write_text(f"[pool]\nidle_per_backend = {pool}\n[relay]\nmode = \"{relay_mode or 'completion'}\"\n")
         argv += ["--config", str(conf)]
-    return Server("lb", argv, port, cpu=cpu, env={"RUST_LOG": "warn"}, cleanup=dirs)
+    return Server("lb", argv, port, cpu=cpu, env={"RUST_LOG": "warn", **(env or {})}, cleanup=dirs)
 
 
 HAPROXY_CONF = """

@@ -43,7 +43,15 @@ from svgchart import bar_chart_err, hbar_chart
 HERE = Path(__file__).resolve().parent
 SCHEMA = 2  # 1: per-process CPU only (before the hop-cost yardstick); 2: runs with whole-machine CPU
 PROXIES = ["lb", "haproxy", "nginx"]
-EXTRA_PROXIES = ["lb-readiness"]
+EXTRA_PROXIES = ["lb-readiness", "lb-multishot", "lb-coop", "lb-coop-multishot", "lb-multishot-eventfd"]
+# lb variants: relay.mode and environment. LB_URING_TASKRUN=coop is the ring setup before
+# DEFER_TASKRUN (issue 13's lever 1; common/src/runtime.rs), to compare each lever alone and both
+# together; LB_RECV_RING_BRIDGE=eventfd wakes monoio through an eventfd instead of a poll on the
+# multishot ring (common/src/uring.rs).
+COOP = {"LB_URING_TASKRUN": "coop"}
+LB_VARIANTS = {"lb": (None, None), "lb-readiness": ("readiness", None), "lb-multishot": ("multishot", None),
+               "lb-coop": (None, COOP), "lb-coop-multishot": ("multishot", COOP),
+               "lb-multishot-eventfd": ("multishot", {"LB_RECV_RING_BRIDGE": "eventfd"})}
 FLASK = "flask"
 FLASK_POINT = "sat-64"
 PROXY_CPU, CLIENT_CPU = 0, 1
@@ -58,18 +66,20 @@ FLASK_GOAL = 1.4  # the seed projects' goal: 40% more throughput than their Flas
 NOISY_CPUS = 0.1  # busy CPU outside the proxy, loadgen and nginx above which a run is flagged
 
 LABELS = {"direct": "direct", "lb": "lb", "haproxy": "HAProxy", "nginx": "nginx stream",
-          "lb-readiness": "lb (readiness relay)", "lb+pool": "lb + pool", FLASK: "Flask proxy"}
+          "lb-readiness": "lb (readiness relay)", "lb-multishot": "lb (multishot relay)",
+          "lb-coop": "lb (COOP_TASKRUN ring)", "lb-coop-multishot": "lb (COOP ring, multishot relay)",
+          "lb-multishot-eventfd": "lb (multishot relay, eventfd bridge)", "lb+pool": "lb + pool", FLASK: "Flask proxy"}
 COLORS = {"direct": "#bcbd22", "lb": "#1f77b4", "haproxy": "#7f7f7f", "nginx": "#2ca02c",
-          "lb-readiness": "#aec7e8", "lb+pool": "#17becf", FLASK: "#d62728"}
+          "lb-readiness": "#aec7e8", "lb-multishot": "#ff7f0e", "lb-coop": "#9467bd",
+          "lb-coop-multishot": "#e377c2", "lb-multishot-eventfd": "#8c564b", "lb+pool": "#17becf", FLASK: "#d62728"}
 
 
 def start_proxy(name, port, backends, cpu, threads=1):
-    if name == "lb":
-        return lb_proc(port, backends, cpu, cores=threads)
+    if name in LB_VARIANTS:
+        mode, env = LB_VARIANTS[name]
+        return lb_proc(port, backends, cpu, cores=threads, relay_mode=mode, env=env)
     if name == "lb+pool":
         return lb_proc(port, backends, cpu, cores=threads, pool=POOL)
-    if name == "lb-readiness":
-        return lb_proc(port, backends, cpu, cores=threads, relay_mode="readiness")
     if name == "haproxy":
         return haproxy_proc(port, backends, cpu, threads=threads)
     if name == FLASK:

@@ -107,6 +107,17 @@ pub struct Cli {
     /// connections to finish, then exit 0 (0s: exit at once).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// How HTTP connections receive: `multishot`, one multishot receive per connection into the
+    /// core's provided buffers (io_uring on Linux 6.0+; plain reads elsewhere), or `plain`, one
+    /// monoio read per request.
+    #[arg(long, value_enum, default_value_t = Recv::Multishot)]
+    pub recv: Recv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Recv {
+    Multishot,
+    Plain,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -135,6 +146,7 @@ pub struct HttpSettings {
     pub max_head: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub recv: Recv,
 }
 
 impl HttpSettings {
@@ -150,6 +162,7 @@ impl HttpSettings {
             max_head: DEFAULT_MAX_HEAD,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            recv: Recv::Plain,
         }
     }
 }
@@ -231,6 +244,7 @@ impl Config {
                 max_head: cli.max_head,
                 header_timeout: cli.header_timeout,
                 idle_timeout: cli.idle_timeout,
+                recv: cli.recv,
             },
         })
     }

@@ -28,12 +28,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_common::http::{content_length, header, is_chunked, keep_alive, write_head, MAX_HEADERS};
+use lb_common::uring::{MultiRecv, RecvRing};
 use monoio::buf::SliceMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::chunked::Chunked;
-use crate::config::HttpSettings;
+use crate::config::{HttpSettings, Recv};
 use crate::health::Health;
 use crate::latency::{self, Latency};
 
@@ -633,6 +634,15 @@ impl Conn {
 
 /// Serves one HTTP connection until the client leaves, asks to close, errs or times out.
 pub async fn serve(mut stream: TcpStream, ctx: Rc<Ctx>) {
+    // One multishot receive for the connection's life (no poll armed and no buffer held per
+    // request), where the core's ring runs; monoio reads otherwise.
+    let mut multi = match ctx.settings.recv {
+        Recv::Multishot => {
+            use std::os::fd::AsRawFd;
+            RecvRing::current().map(|ring| ring.recv(stream.as_raw_fd()))
+        }
+        Recv::Plain => None,
+    };
     let mut conn = Conn::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_BUF);
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_BUF);
@@ -662,6 +672,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<Ctx>) {
             }
             Next::Close { linger } => {
                 if write_timeout(&mut stream, out, idle).await.is_some() && linger {
+                    // Plain reads from here on: the multishot receive is cancelled first.
+                    drop(multi.take());
                     linger_close(&mut stream, rbuf).await;
                 }
                 return;
@@ -684,7 +696,12 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<Ctx>) {
             rbuf.reserve(rbuf.capacity().max(READ_BUF));
         }
         let (start, end) = (rbuf.len(), rbuf.capacity());
-        let cycle = write_then_read(&mut stream, out, SliceMut::new(rbuf, start, end));
+        let cycle = write_then_read(
+            &mut stream,
+            multi.as_mut(),
+            out,
+            SliceMut::new(rbuf, start, end),
+        );
         match monoio::time::timeout(wait, cycle).await {
             Ok(Some((o, n, r))) if n > 0 => {
                 out = o;
@@ -706,9 +723,11 @@ fn consume(buf: &mut Vec<u8>, used: usize) {
     }
 }
 
-/// One write (if there is output) then one read, under a single timer.
+/// One write (if there is output) then one read (of the next message of `multi`, if given),
+/// under a single timer.
 async fn write_then_read(
     stream: &mut TcpStream,
+    multi: Option<&mut MultiRecv>,
     mut out: Vec<u8>,
     slice: SliceMut<Vec<u8>>,
 ) -> Option<(Vec<u8>, usize, Vec<u8>)> {
@@ -717,6 +736,16 @@ async fn write_then_read(
         res.ok()?;
         out = o;
         out.clear();
+    }
+    if let Some(multi) = multi {
+        let mut buf = slice.into_inner();
+        return match multi.recv().await.ok()? {
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk);
+                Some((out, chunk.len(), buf))
+            }
+            None => Some((out, 0, buf)),
+        };
     }
     let (res, slice) = stream.read(slice).await;
     Some((out, res.ok()?, slice.into_inner()))

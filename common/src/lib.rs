@@ -7,3 +7,4 @@ pub mod runtime;
 pub mod signals;
 pub mod sysinfo;
 pub mod task;
+pub mod uring;

@@ -37,6 +37,59 @@ impl IoDriver {
 
 thread_local! {
     static CURRENT_DRIVER: Cell<Option<IoDriver>> = const { Cell::new(None) };
+    static TASK_RUN: Cell<Option<TaskRun>> = const { Cell::new(None) };
+    static RUNTIME_ID: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Tells this thread's runtimes apart (a test may run several, one after the other): per-core
+/// state bound to a runtime, such as its tasks, is made again in the next one.
+pub fn runtime_id() -> u64 {
+    RUNTIME_ID.with(|c| c.get())
+}
+
+/// When the kernel runs an io_uring's completion work (the task work that finishes a receive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskRun {
+    /// `DEFER_TASKRUN | SINGLE_ISSUER` (6.1+): completion work waits for the ring's own
+    /// `io_uring_enter` with GETEVENTS, where it runs in one batch, and is never run by other
+    /// syscalls or interrupts the thread. monoio's busy path submits without GETEVENTS, so this
+    /// ring, like the COOP one, relies on no task yielding forever.
+    Defer,
+    /// `COOP_TASKRUN | TASKRUN_FLAG` (5.19+): completions run at the thread's next kernel entry
+    /// instead of by interrupting it (measured: ~20-35% less server CPU per request under load).
+    Coop,
+}
+
+impl TaskRun {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskRun::Defer => "defer",
+            TaskRun::Coop => "coop",
+        }
+    }
+
+    /// The setup this thread's runtime was built with (None: a plain ring, or epoll).
+    pub fn current() -> Option<TaskRun> {
+        TASK_RUN.with(|t| t.get())
+    }
+
+    /// The setups to try, best first. `LB_URING_TASKRUN=coop` starts at COOP_TASKRUN (an escape
+    /// hatch, and what the benchmarks compare against).
+    fn preferred() -> &'static [TaskRun] {
+        match std::env::var("LB_URING_TASKRUN").as_deref() {
+            Ok("coop") => &[TaskRun::Coop],
+            _ => &[TaskRun::Defer, TaskRun::Coop],
+        }
+    }
+
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        match self {
+            TaskRun::Defer => b.setup_single_issuer().setup_defer_taskrun(),
+            TaskRun::Coop => b.setup_coop_taskrun().setup_taskrun_flag(),
+        };
+        b
+    }
 }
 
 /// How to start the workers.
@@ -130,23 +183,31 @@ fn block_on_with<Fut: Future>(
     make: impl FnOnce(IoDriver) -> Fut,
 ) -> Fut::Output {
     use monoio::{FusionRuntime, RuntimeBuilder};
-    // COOP_TASKRUN + TASKRUN_FLAG: completions run at our next kernel entry instead of by
-    // interrupting the thread (measured: ~20-35% less server CPU per request under load).
-    // Kernels before 5.19 reject the flags; then build a plain ring.
-    let mut coop = io_uring::IoUring::builder();
-    coop.setup_coop_taskrun().setup_taskrun_flag();
-    let built = RuntimeBuilder::<monoio::FusionDriver>::new()
-        .with_entries(entries)
-        .uring_builder(coop)
-        .enable_timer()
-        .build()
-        .or_else(|e| {
-            tracing::debug!(error = %e, "io_uring without COOP_TASKRUN");
-            RuntimeBuilder::<monoio::FusionDriver>::new()
-                .with_entries(entries)
-                .enable_timer()
-                .build()
-        });
+    let build = |setup: Option<TaskRun>| {
+        let mut b = RuntimeBuilder::<monoio::FusionDriver>::new()
+            .with_entries(entries)
+            .enable_timer();
+        if let Some(setup) = setup {
+            b = b.uring_builder(setup.builder());
+        }
+        b.build()
+    };
+    // The first setup the kernel takes (kernels before 6.1 refuse DEFER_TASKRUN, before 5.19
+    // COOP_TASKRUN); a plain ring last.
+    let mut built = Err(std::io::Error::other("no io_uring setup tried"));
+    for &setup in TaskRun::preferred() {
+        built = build(Some(setup));
+        match &built {
+            Ok(_) => {
+                TASK_RUN.with(|t| t.set(Some(setup)));
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, setup = setup.name(), "io_uring setup refused"),
+        }
+    }
+    if built.is_err() {
+        built = build(None);
+    }
     let mut rt = match built {
         Ok(rt) => rt,
         Err(e) => {
@@ -164,6 +225,7 @@ fn block_on_with<Fut: Future>(
         FusionRuntime::Legacy(_) => IoDriver::Epoll,
     };
     CURRENT_DRIVER.with(|d| d.set(Some(driver)));
+    RUNTIME_ID.with(|c| c.set(c.get() + 1));
     if driver == IoDriver::Epoll
         && index == 0
         && std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_none()
@@ -173,6 +235,7 @@ fn block_on_with<Fut: Future>(
     tracing::debug!(
         worker = index,
         driver = driver.name(),
+        taskrun = TaskRun::current().map_or("none", TaskRun::name),
         "worker runtime started"
     );
     // `make` runs inside the runtime: monoio timers and sockets bind to it when created.

@@ -427,3 +427,48 @@ fn a_log_file_lb_cannot_open_stops_it_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent-dir/a.log"), "{err}");
 }
+
+#[test]
+fn every_relay_mode_names_the_side_that_closed_first() {
+    // Each relay must tell the log whose FIN came first; the multishot relay once did not, and
+    // a backend that closed first was logged as the client's close.
+    let closes = scripted_backend(false);
+    for mode in ["completion", "readiness", "multishot"] {
+        let dir = TempDir::new("lb-access-modes");
+        let log = dir.0.join("access.log");
+        let toml = format!(
+            r#"
+[health]
+check = "none"
+[relay]
+mode = "{mode}"
+[access_log]
+path = "{}"
+format = "json"
+[[services]]
+name = "closes"
+[[services.backends]]
+name = "cl"
+address = "{closes}"
+[[listeners]]
+name = "closes"
+address = "127.0.0.1:0"
+service = "closes"
+"#,
+            log.display()
+        );
+        let (_lb, _cfg, at) = lb_with_listeners(&toml, &["closes"], &["--cores", "1"]);
+        // The backend answers and closes first.
+        let mut s = TcpStream::connect(at["closes"]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        assert!(out.ends_with(b"ok"), "{mode}");
+        let client = s.local_addr().unwrap().to_string();
+        drop(s);
+        let l = wait_line(&log, |l| l["client"] == client.as_str());
+        assert_eq!(l["end"], "backend_fin", "{mode}: {l}");
+        assert_eq!(l["bytes_to_backend"], 27, "{mode}: {l}");
+    }
+}

@@ -759,13 +759,13 @@ fn backend_stats(lb: &Proc, name: &str) -> serde_json::Value {
 }
 
 #[test]
-fn a_backend_reset_mid_response_reaches_the_client_as_a_reset_in_both_relay_modes() {
+fn a_backend_reset_mid_response_reaches_the_client_as_a_reset_in_every_relay_mode() {
     let backend = resetting_backend(5043);
     // Direct, the client sees the reset:
     let mut d = TcpStream::connect(backend).unwrap();
     d.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     assert!(read_to_end_or_reset(&mut d).1, "direct: no reset");
-    for mode in ["completion", "readiness"] {
+    for mode in RELAY_MODES {
         let (lb, _cfg) = lb_in_front_of(backend, &format!("[relay]\nmode = \"{mode}\""));
         let mut c = TcpStream::connect(lb.addr).unwrap();
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
@@ -789,7 +789,7 @@ fn a_backend_reset_mid_response_reaches_the_client_as_a_reset_in_both_relay_mode
 
 #[test]
 fn a_client_reset_reaches_the_backend_as_a_reset() {
-    for mode in ["completion", "readiness"] {
+    for mode in RELAY_MODES {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -814,16 +814,24 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
 #[test]
 fn the_shutdown_deadline_cuts_open_connections_with_a_reset() {
     let echo = echo_backend();
-    let (mut lb, _cfg) = lb_in_front_of(echo.addr, "[shutdown]\ninterrupt_grace_ms = 300");
-    let mut open = TcpStream::connect(lb.addr).unwrap();
-    open.write_all(b"x").unwrap();
-    let mut b = [0u8; 1];
-    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    open.read_exact(&mut b).unwrap();
-    signal(&lb.child, libc::SIGINT);
-    let (_, reset) = read_to_end_or_reset(&mut open);
-    assert!(reset, "the deadline ended the connection with a clean FIN");
-    assert!(wait_exit(&mut lb.child, Duration::from_secs(5)).is_some());
+    for mode in RELAY_MODES {
+        let (mut lb, _cfg) = lb_in_front_of(
+            echo.addr,
+            &format!("[shutdown]\ninterrupt_grace_ms = 300\n[relay]\nmode = \"{mode}\""),
+        );
+        let mut open = TcpStream::connect(lb.addr).unwrap();
+        open.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        open.read_exact(&mut b).unwrap();
+        signal(&lb.child, libc::SIGINT);
+        let (_, reset) = read_to_end_or_reset(&mut open);
+        assert!(
+            reset,
+            "{mode}: the deadline ended the connection with a clean FIN"
+        );
+        assert!(wait_exit(&mut lb.child, Duration::from_secs(5)).is_some());
+    }
 }
 
 #[test]

@@ -263,9 +263,14 @@ fn half_close_and_a_large_transfer_arrive_byte_exact_with_the_readiness_relay() 
 }
 
 #[test]
-fn an_idle_connection_is_closed_after_the_idle_timeout_in_both_relay_modes() {
+fn half_close_and_a_large_transfer_arrive_byte_exact_with_the_multishot_relay() {
+    half_close_and_large_transfer("multishot");
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout_in_every_relay_mode() {
     let echo = echo_backend();
-    for mode in ["completion", "readiness"] {
+    for mode in RELAY_MODES {
         let toml = format!(
             "[[backends]]\naddress = \"{}\"\n[relay]\nmode = \"{mode}\"\n[timeouts]\nidle_ms = 300\n",
             echo.addr

@@ -31,6 +31,9 @@ pub enum RelayMode {
     Readiness,
     /// io_uring recv/send with a buffer committed to every pending read.
     Completion,
+    /// One multishot receive per socket into the core's provided buffer ring (no poll armed
+    /// per message, no buffer held while idle); sends on monoio. Readiness where it cannot run.
+    Multishot,
 }
 
 pub const DEFAULT_RELAY_MODE: RelayMode = RelayMode::Completion;
@@ -72,10 +75,13 @@ pub fn build(f: &FileRelay) -> Result<RelayConfig, ConfigError> {
         None => DEFAULT_RELAY_MODE,
         Some("readiness") => RelayMode::Readiness,
         Some("completion") => RelayMode::Completion,
+        Some("multishot") => RelayMode::Multishot,
         Some(other) => {
             return Err(invalid(
                 "relay.mode",
-                format!("'{other}' is not a relay mode: use \"readiness\" or \"completion\""),
+                format!(
+                "'{other}' is not a relay mode: use \"readiness\", \"completion\" or \"multishot\""
+            ),
             ))
         }
     };

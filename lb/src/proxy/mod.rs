@@ -8,6 +8,7 @@ pub mod halves;
 pub mod http;
 pub mod idle;
 pub mod join;
+pub mod multishot;
 pub mod prefix;
 pub mod proxy_header;
 pub mod readiness;

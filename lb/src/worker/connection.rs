@@ -16,7 +16,7 @@ use crate::proxy::prefix::{Prefix, PrefixError};
 use crate::proxy::proxy_header::{self, Accept};
 use crate::proxy::tcp::{RelayError, Side};
 use crate::proxy::tls::{self, peek_sni};
-use crate::proxy::{abort_on_close, readiness, set_keepalive, tcp};
+use crate::proxy::{abort_on_close, multishot, readiness, set_keepalive, tcp};
 use crate::shared::access_log::End;
 use crate::shared::ips::Refused;
 use crate::shared::routing::{listener_counter, service_counter};
@@ -375,6 +375,9 @@ pub(super) async fn handle(
             .await
         }
         RelayMode::Completion => Box::pin(tcp::relay(client, backend, core.relay, &idle)).await,
+        RelayMode::Multishot => {
+            multishot::relay(client, backend, core.relay, &core.scratch, &idle).await
+        }
     };
     // Counted however the connection ended (an error, the idle timeout, a cut); the replayed
     // prefix counts as relayed: it is the first bytes the backend gets from the client.

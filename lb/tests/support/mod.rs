@@ -9,6 +9,10 @@ use std::time::Duration;
 
 pub mod netns;
 
+/// Every `relay.mode`: the relay's behavioural tests run in each.
+#[allow(dead_code)]
+pub const RELAY_MODES: [&str; 3] = ["completion", "readiness", "multishot"];
+
 /// A child process killed (by PID, through its handle) when dropped.
 pub struct Proc {
     pub child: Child,
