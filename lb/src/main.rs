@@ -93,6 +93,12 @@ Environment:
   MONOIO_FORCE_LEGACY_DRIVER=1
                    epoll instead of io_uring (lb falls back to epoll by itself, with a warning,
                    where io_uring is missing or blocked)
+  LB_URING_TASKRUN=coop
+                   io_uring rings with COOP_TASKRUN instead of DEFER_TASKRUN | SINGLE_ISSUER
+                   (the default, where the kernel takes it; for comparison)
+  LB_RECV_RING_BRIDGE=eventfd
+                   relay.mode = \"multishot\": wake the runtime by an eventfd instead of a
+                   poll on the receive ring (for comparison)
   XDG_RUNTIME_DIR, TMPDIR
                    the upgrade socket's default directory: $XDG_RUNTIME_DIR/lb/, /run/lb/ as
                    root, else $TMPDIR/lb-UID/

@@ -120,12 +120,21 @@ mod tests {
             let backend = TcpStream::connect(a).await.unwrap();
             let timer = super::super::idle::IdleTimer::new();
             let idle = timer.register(Duration::from_secs(5));
-            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let Some(ring) = RecvRing::current() else {
+                // The epoll driver has no such ring (the readiness relay runs instead).
+                assert!(
+                    std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some(),
+                    "no multishot ring on io_uring"
+                );
+                return None;
+            };
             let fut = relay_on(&ring, client, backend, &idle);
             let size = std::mem::size_of_val(&fut);
             drop(fut);
-            size
+            Some(size)
         });
-        assert!(size <= 1024, "multishot relay future is {size} bytes");
+        if let Some(size) = size {
+            assert!(size <= 1024, "multishot relay future is {size} bytes");
+        }
     }
 }
