@@ -97,8 +97,12 @@ struct Stream {
     dropped: bool,
     /// The last receive ended for want of a buffer.
     starved: bool,
-    /// The buffer of a single-shot receive in the kernel (`armed` with the PRIVATE user_data).
-    private: Option<Box<[u8]>>,
+    /// A poll for readable is in the kernel instead (`armed`, with the PRIVATE user_data): the
+    /// pool was empty, and the receive happens once the socket is readable, into a buffer
+    /// allocated then. A receive of its own waiting in the kernel would hold a buffer for as
+    /// long as the peer is quiet: 16 KiB per idle connection (seen: 11 KiB per connection
+    /// over 5,000 held open, against 4.4 KiB for the completion relay).
+    polling: bool,
     waker: Option<Waker>,
 }
 
@@ -254,14 +258,17 @@ impl RecvRing {
                     continue;
                 }
                 if ud & PRIVATE != 0 {
-                    let buf = st.private.take().expect("a private receive has its buffer");
-                    st.queue.push_back(match res {
-                        0 => Ready::Eof,
-                        n if n > 0 => Ready::Owned(buf, n as u32),
-                        e if e == -libc::ECANCELED => Ready::Err(libc::ECANCELED),
-                        e => Ready::Err(-e),
-                    });
-                    st.done = res <= 0;
+                    st.polling = false;
+                    let ready = if res < 0 {
+                        Some(Ready::Err(-res))
+                    } else {
+                        recv_now(st.fd)
+                    };
+                    // None: nothing to read after all; the receiver polls again.
+                    if let Some(r) = ready {
+                        st.done = matches!(r, Ready::Eof | Ready::Err(_));
+                        st.queue.push_back(r);
+                    }
                     if let Some(w) = st.waker.take() {
                         wake.push(w);
                     }
@@ -457,15 +464,14 @@ impl Future for Next<'_> {
             st.armed = true;
             let sqe = if st.starved && inner.pool.free() == 0 {
                 // The pool is at its maximum and every buffer is held (by connections whose
-                // peers do not read): receive once into a buffer of this stream's own rather
-                // than wait for one, so that a crowd of stalled connections slows the others
-                // down but never stops them.
-                let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
-                let sqe = opcode::Recv::new(types::Fd(st.fd), buf.as_mut_ptr(), BUF_SIZE as u32)
+                // peers do not read): wait for the socket to be readable, then receive once
+                // into a buffer of this stream's own rather than wait for one of the pool, so
+                // that a crowd of stalled connections slows the others down but never stops
+                // them.
+                st.polling = true;
+                opcode::PollAdd::new(types::Fd(st.fd), libc::POLLIN as u32)
                     .build()
-                    .user_data(recv.key as u64 | PRIVATE);
-                st.private = Some(buf);
-                sqe
+                    .user_data(recv.key as u64 | PRIVATE)
             } else {
                 st.starved = false;
                 opcode::RecvMulti::new(types::Fd(st.fd), BGID)
@@ -483,6 +489,22 @@ impl Future for Next<'_> {
     }
 }
 
+/// A receive into a buffer of the stream's own, the socket having polled readable. None: it
+/// had nothing after all (EAGAIN).
+fn recv_now(fd: RawFd) -> Option<Ready> {
+    let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+    // SAFETY: the buffer is ours and BUF_SIZE long; MSG_DONTWAIT never blocks the core.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), BUF_SIZE, libc::MSG_DONTWAIT) };
+    match n {
+        0 => Some(Ready::Eof),
+        n if n > 0 => Some(Ready::Owned(buf, n as u32)),
+        _ => match io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) {
+            libc::EAGAIN | libc::EINTR => None,
+            e => Some(Ready::Err(e)),
+        },
+    }
+}
+
 impl Drop for MultiRecv {
     fn drop(&mut self) {
         let mut guard = self.ring.inner.borrow_mut();
@@ -490,7 +512,7 @@ impl Drop for MultiRecv {
         let st = &mut inner.streams[self.key];
         let queued: Vec<Ready> = st.queue.drain(..).collect();
         let (armed, cancelling) = (st.armed, st.cancelling);
-        let ud = self.key as u64 | if st.private.is_some() { PRIVATE } else { 0 };
+        let ud = self.key as u64 | if st.polling { PRIVATE } else { 0 };
         if armed {
             st.dropped = true;
             st.waker = None;
