@@ -12,6 +12,9 @@ Targets, each started in the router namespace for its runs and stopped by its PI
   direct   loadgen -> backend, forwarded by the router (no balancer);
   kernel   lb with the service in kernel mode: netfilter DNATs VIP:80 to the backend through
            lb's Maglev map (lb idles: it only programmed the map);
+  nft-dnat the floor of kernel forwarding: one hand-written nftables rule, `ip daddr VIP tcp
+           dport 80 dnat to BACKEND`, in a table of its own (no lb, no map, no counters):
+           conntrack and the NAT of every packet, what any netfilter balancer pays;
   relay    lb with the same service in relay mode (io_uring, terminating TCP), one core;
   haproxy  HAProxy mode tcp, one thread.
 Proxies pinned to CPU 0, loadgen (1 core) and the backend to CPU 1. Load points: an open-loop
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lbbench  # noqa: E402
 import yardstick as ys  # noqa: E402
 from expcommon import machine_line, out_dir  # noqa: E402
-from lbbench import TARGET, log  # noqa: E402
+from lbbench import HAPROXY_PROLOGUE, TARGET, log  # noqa: E402
 from svgchart import bar_chart_err  # noqa: E402
 
 HELP = "kernel mode (netfilter DNAT) vs relay vs HAProxy: hop cost in network namespaces"
@@ -47,13 +50,14 @@ NS_PREFIX = "lbk-"
 VIP, VIP_PORT = "10.255.100.1", 80
 BACKEND, BACKEND_PORT = "10.255.1.11", 8000
 PROXY_CPU, CLIENT_CPU = 0, 1
-TARGETS = ["direct", "kernel", "relay", "haproxy"]
+BARE_TABLE = "lbbench_bare"
+TARGETS = ["direct", "kernel", "nft-dnat", "relay", "haproxy"]
 POINTS = {
     "rate-10k-64": {"label": "10,000 req/s, 64 conns", "conns": 64, "rate": 10000},
     "sat-64": {"label": "saturation, 64 conns", "conns": 64, "rate": None},
 }
-LABELS = {"direct": "direct", "kernel": "lb kernel mode", "relay": "lb relay", "haproxy": "HAProxy"}
-COLORS = {"direct": "#bcbd22", "kernel": "#ff7f0e", "relay": "#1f77b4", "haproxy": "#7f7f7f"}
+LABELS = {"direct": "direct", "kernel": "lb kernel mode", "nft-dnat": "one nft DNAT rule (floor)", "relay": "lb relay", "haproxy": "HAProxy"}
+COLORS = {"direct": "#bcbd22", "kernel": "#ff7f0e", "nft-dnat": "#e377c2", "relay": "#1f77b4", "haproxy": "#7f7f7f"}
 # Issue 15's target: kernel mode's hop cost at most this share of HAProxy's.
 TARGET_RATIO = 0.1
 DEFAULTS = {"rounds": 5, "duration": 4.0, "warmup": 1.0}
@@ -197,17 +201,7 @@ address = "{vip}:{vip_port}"
 service = "web"
 """
 
-HAPROXY_CONFIG = """global
-    nbthread 1
-    maxconn 9000
-    log stderr format raw local0 emerg
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    maxconn 9000
-frontend f
+HAPROXY_CONFIG = HAPROXY_PROLOGUE.replace("{threads}", "1") + """frontend f
     bind {vip}:{vip_port}
     default_backend b
 backend b
@@ -220,6 +214,13 @@ def start_target(topo, target, tmp):
     if target == "direct":
         return None, f"http://{BACKEND}:{BACKEND_PORT}/"
     url = f"http://{VIP}:{VIP_PORT}/"
+    if target == "nft-dnat":
+        rules = (f"table ip {BARE_TABLE} {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat; "
+                 f"policy accept;\n\t\tip daddr {VIP} tcp dport {VIP_PORT} dnat to {BACKEND}:{BACKEND_PORT}\n"
+                 f"\t}}\n}}\n")
+        subprocess.run(["ip", "netns", "exec", topo.ns("router"), "nft", "-f", "-"], input=rules, text=True,
+                       check=True, capture_output=True)
+        return None, url
     if target in ("kernel", "relay"):
         conf = Path(tmp) / f"lb-{target}.toml"
         conf.write_text(LB_CONFIG.format(mode=target, backend=BACKEND, port=BACKEND_PORT, vip=VIP,
@@ -320,6 +321,8 @@ def measure_run(topo, target, point, round_no, args, tmp, backend_pid):
         with TaskSampler(roles, 0.1) as s:
             r = loadgen(topo, url, spec, args.duration, args.warmup, tmp)
     finally:
+        if target == "nft-dnat":
+            sh("ip", "netns", "exec", topo.ns("router"), "nft", "delete", "table", "ip", BARE_TABLE)
         if proc is not None:
             stop(proc, wait=10.0)
             topo.procs.remove(proc)
@@ -409,7 +412,7 @@ def summarize(data):
     out = {}
     for point in data["config"]["points"]:
         row = {}
-        for target in TARGETS:
+        for target in data["config"].get("targets", TARGETS):
             runs = ys.per_round(by, point, target, lambda r: r)
             if not runs:
                 continue
@@ -451,7 +454,7 @@ def quiet_summary(data):
     for point in data["config"]["points"]:
         ha = quiet_hops(by, point, "haproxy", threshold)
         row = {}
-        for target in TARGETS:
+        for target in data["config"].get("targets", TARGETS):
             if target == ys.DIRECT:
                 continue
             h = quiet_hops(by, point, target, threshold)
@@ -487,7 +490,8 @@ def render(data, d):
     summ = summarize(data)
     cfg, env = data["config"], data["environment"]
     points = list(cfg["points"])
-    proxies = [t for t in TARGETS if t != ys.DIRECT]
+    targets = cfg.get("targets", TARGETS)
+    proxies = [t for t in targets if t != ys.DIRECT]
     vals = [[summ[p][t]["hop_us"]["median"] if t in summ[p] and summ[p][t].get("hop_us") else None
              for p in points] for t in proxies]
     sps = [[(summ[p][t]["hop_us"]["min"], summ[p][t]["hop_us"]["max"])
@@ -504,7 +508,7 @@ def render(data, d):
                        "whiskers: min-max")
     rows = []
     for p in points:
-        for t in TARGETS:
+        for t in targets:
             if t not in summ[p]:
                 continue
             s = summ[p][t]
@@ -533,6 +537,16 @@ def render(data, d):
             verdicts.append(f"- {cfg['points'][p]['label']}, {what}: kernel mode {k['median']:.2f} us, HAProxy "
                             f"{h['median']:.2f} us per request over direct; ratio {ratio_text}: target <= "
                             f"{TARGET_RATIO}x {'met' if met else 'not met' if ratio is not None else 'not decided'}.")
+    for p in points:
+        kern, floor, hap = (summ[p].get(t, {}).get("hop_us") for t in ("kernel", "nft-dnat", "haproxy"))
+        if kern and floor and hap:
+            fr = summ[p]["nft-dnat"].get("hop_vs_haproxy")
+            verdicts.append(
+                f"- {cfg['points'][p]['label']}, the floor: one bare nft DNAT rule costs {fmt_spread(floor)} us, "
+                f"{fmt_spread(fr, 3)}x HAProxy's hop" if fr else
+                f"- {cfg['points'][p]['label']}, the floor: one bare nft DNAT rule costs {fmt_spread(floor)} us")
+            verdicts[-1] += (f"; lb's kernel mode adds {kern['median'] - floor['median']:.2f} us to it "
+                             f"(its Maglev map lookup and the per-backend counter rules every packet meets).")
     qrows = []
     for p in points:
         for t in proxies:

@@ -9,7 +9,7 @@ from pathlib import Path
 import exp_kernel as ex
 
 # Whole-machine us per request by target, per round (made up): hops 0.5, 12, 14 over direct.
-MACHINE = {"direct": 20.0, "kernel": 20.5, "relay": 32.0, "haproxy": 34.0}
+MACHINE = {"direct": 20.0, "kernel": 20.5, "nft-dnat": 20.3, "relay": 32.0, "haproxy": 34.0}
 
 
 def fake_data(rounds=5, kernel_hop=0.5):
@@ -52,6 +52,8 @@ class Arithmetic(unittest.TestCase):
             self.assertIn("whole machine: kernel mode 0.50 us", md)
             self.assertIn("target <= 0.1x met", md)
             self.assertIn("0.036x", md)
+            self.assertIn("the floor: one bare nft DNAT rule costs 0.30 (0.30 to 0.30) us", md)
+            self.assertIn("lb's kernel mode adds 0.20 us to it", md)
             ex.render(fake_data(kernel_hop=3.0), Path(tmp))
             self.assertIn("not met", (Path(tmp) / "summary.md").read_text())
 
