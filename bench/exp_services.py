@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yardstick as ys
 from expcommon import wait_quiet
-from lbbench import (RESULTS, ROOT, TARGET, Server, build_release, child_cpu, ensure_packages, environment, free_port,
+from lbbench import (HAPROXY_PROLOGUE, NGINX_HTTP_PROLOGUE, RESULTS, ROOT, TARGET, Server, build_release, child_cpu, ensure_packages, environment, free_port,
                      log, median_spread, pinned, run_dir, tmpdir, wait_port, write_results)
 
 HERE = Path(__file__).resolve().parent
@@ -146,17 +146,7 @@ def proxy_toml(port, backend_ports, accept, send):
     return text
 
 
-HAPROXY_SNI_CFG = """global
-    nbthread 1
-    maxconn 9000
-    log stderr format raw local0 emerg
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    maxconn 9000
-frontend tls
+HAPROXY_SNI_CFG = HAPROXY_PROLOGUE.replace("{threads}", "1") + """frontend tls
     bind 127.0.0.1:{port}
     tcp-request inspect-delay 5s
     tcp-request content accept if {{ req.ssl_hello_type 1 }}
@@ -173,22 +163,7 @@ def haproxy_sni_cfg(port, pools):
     return HAPROXY_SNI_CFG.format(port=port, uses=uses, default=pools[0][0], backends=backends)
 
 
-NGINX_CONF = """worker_processes 1;
-master_process off;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 65s;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-{tls}{servers}
+NGINX_CONF = NGINX_HTTP_PROLOGUE + """{tls}{servers}
 }}
 """
 

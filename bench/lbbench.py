@@ -256,8 +256,10 @@ def tmpdir(prefix):
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-NGINX_HTTP_CONF = """
-worker_processes 1;
+# The top of every nginx http config the benchmarks run: one worker, no master, no logs, keep-alive
+# without limit, temporary files in the run's own folder. A format string ({dir}); the http block
+# is left open for the servers.
+NGINX_HTTP_PROLOGUE = """worker_processes 1;
 master_process off;
 daemon off;
 pid {dir}/nginx.pid;
@@ -272,7 +274,9 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    server {{
+"""
+
+NGINX_HTTP_CONF = "\n" + NGINX_HTTP_PROLOGUE + """    server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{
             add_header X-Server-Id {id};
@@ -309,8 +313,9 @@ def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=()
     return Server("lb", argv, port, cpu=cpu, env={"RUST_LOG": "warn", **(env or {})}, cleanup=dirs)
 
 
-HAPROXY_CONF = """
-global
+# The top of every HAProxy config the benchmarks run, `mode tcp`, through `defaults`; a format
+# string ({threads}) for the frontends and backends that follow.
+HAPROXY_PROLOGUE = """global
     nbthread {threads}
     maxconn 9000
     log stderr format raw local0 emerg
@@ -320,7 +325,9 @@ defaults
     timeout client 60s
     timeout server 60s
     maxconn 9000
-frontend f
+"""
+
+HAPROXY_CONF = "\n" + HAPROXY_PROLOGUE + """frontend f
     bind 127.0.0.1:{port}
     default_backend b
 backend b

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from lbbench import CLK_TCK, Server, cpu_seconds, loadgen_json, median_spread, tmpdir, wait_port
+from lbbench import CLK_TCK, NGINX_HTTP_PROLOGUE, Server, cpu_seconds, loadgen_json, median_spread, tmpdir, wait_port
 
 # /proc/stat `cpu` line fields (proc(5)); guest and guest_nice are already inside user and nice.
 STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
@@ -233,23 +233,7 @@ def p99_ratio(by, point, target, reference="haproxy"):
 # Running one load through one target
 # ---------------------------------------------------------------------------------------------
 
-NGINX_BACKENDS_CONF = """
-worker_processes 1;
-master_process off;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 65s;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-{servers}
+NGINX_BACKENDS_CONF = "\n" + NGINX_HTTP_PROLOGUE + """{servers}
 }}
 """
 
