@@ -214,6 +214,9 @@ fn the_admin_api_answers_on_a_unix_socket_only_its_owner_may_use() {
         sock.0.display(),
         a.addr
     );
+    // Kept until the test ends, which removes it (it was leaked once: 51 files in /tmp).
+    let cfg = tempfile_path::TempPath::new("lb-unix", "toml");
+    std::fs::write(&cfg.0, &toml).unwrap();
     let lb = start(
         "lb",
         &[
@@ -222,13 +225,7 @@ fn the_admin_api_answers_on_a_unix_socket_only_its_owner_may_use() {
             "--admin",
             "127.0.0.1:0",
             "--config",
-            &{
-                let p = tempfile_path::TempPath::new("lb-unix", "toml");
-                std::fs::write(&p.0, &toml).unwrap();
-                let s = p.0.to_str().unwrap().to_string();
-                std::mem::forget(p);
-                s
-            },
+            cfg.0.to_str().unwrap(),
         ],
         &[("LB_ADMIN_TOKEN", "tok-tok-tok-tok-tok")],
     );
