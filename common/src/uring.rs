@@ -498,7 +498,10 @@ fn recv_now(fd: RawFd) -> Option<Ready> {
     match n {
         0 => Some(Ready::Eof),
         n if n > 0 => Some(Ready::Owned(buf, n as u32)),
-        _ => match io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) {
+        _ => match io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+        {
             libc::EAGAIN | libc::EINTR => None,
             e => Some(Ready::Err(e)),
         },
