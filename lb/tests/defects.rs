@@ -643,6 +643,66 @@ fn the_upgrade_socket_lives_in_a_private_directory_and_goes_when_lb_exits() {
     }
 }
 
+/// Waits until `path` exists.
+fn wait_path(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no {}", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_upgrade_socket_of_a_killed_lb_is_removed_by_the_next_one() {
+    // A SIGKILL runs no exit path, so each killed lb left its socket: 2,079 had piled up in
+    // /run/lb from test runs.
+    let a = backend("a");
+    let run = TempDir::new("lb-run-killed");
+    let dir = run.0.to_str().unwrap();
+    let env = [("XDG_RUNTIME_DIR", dir), ("TMPDIR", dir)];
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "off",
+        "--backend",
+        &a.addr.to_string(),
+    ];
+    let mut killed = start("lb", &args, &env);
+    let stale = run
+        .0
+        .join("lb")
+        .join(format!("upgrade-{}.sock", killed.addr.port()));
+    wait_path(&stale);
+    signal(&killed.child, libc::SIGKILL);
+    assert!(wait_exit(&mut killed.child, Duration::from_secs(5)).is_some());
+    assert!(stale.exists(), "a SIGKILL leaves the socket");
+    // Make it older than the sweep's 10 s grace for sockets between bind and listen.
+    let old = libc::timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 0,
+    };
+    let c = std::ffi::CString::new(stale.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and two timespecs; AT_SYMLINK_NOFOLLOW touches the socket itself.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [old, old].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let next = start("lb", &args, &env);
+    let own = run
+        .0
+        .join("lb")
+        .join(format!("upgrade-{}.sock", next.addr.port()));
+    wait_path(&own);
+    assert!(!stale.exists(), "the killed lb's socket is still there");
+    drop(next);
+}
+
 #[test]
 fn a_takeover_never_talks_to_an_upgrade_socket_of_another_user() {
     // SAFETY: geteuid has no preconditions.

@@ -20,7 +20,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpListener as StdListener;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +71,57 @@ pub fn private_dir() -> io::Result<PathBuf> {
         ));
     }
     Ok(dir)
+}
+
+/// A socket file this old with nobody listening was left by an lb that was killed (SIGKILL, a
+/// crash: no exit path ran). Younger ones are left alone: another lb may be between its bind and
+/// its listen.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Removes the upgrade sockets in lb's private directory that nobody listens on any more, so that
+/// killed lbs do not pile them up (2,079 had, from test runs that SIGKILL lb). Only files named
+/// `upgrade-*.sock`, owned by lb's user, older than `min_age`, whose connect is refused.
+/// Returns how many it removed.
+pub fn sweep_stale(dir: &Path, min_age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("upgrade-") && name.ends_with(".sock")) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = m
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if !m.file_type().is_socket() || m.uid() != euid() || !old {
+            continue;
+        }
+        let dead = matches!(UnixStream::connect(&path),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
+        if dead && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed upgrade sockets of lbs that are gone");
+    }
+    removed
+}
+
+/// Sweeps lb's private directory (see `sweep_stale`).
+pub fn sweep_private_dir() {
+    if let Ok(dir) = private_dir() {
+        sweep_stale(&dir, STALE_AFTER);
+    }
 }
 
 /// An existing socket file at `path` must belong to lb's user: one planted by someone else (in a
@@ -487,6 +538,27 @@ mod tests {
         assert!(bind_unix(&path).is_err(), "never replaced");
         assert!(path.exists());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_sweep_removes_only_dead_upgrade_sockets_old_enough() {
+        let dir = std::env::temp_dir().join(format!("lb-sweep-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Bound then dropped: the file stays and nobody listens (what a SIGKILL leaves).
+        drop(UnixListener::bind(dir.join("upgrade-1.sock")).unwrap());
+        let live = UnixListener::bind(dir.join("upgrade-2.sock")).unwrap();
+        drop(UnixListener::bind(dir.join("admin.sock")).unwrap());
+        std::fs::write(dir.join("upgrade-3.sock"), b"not a socket").unwrap();
+        // Too young: left alone (another lb may be between bind and listen).
+        assert_eq!(sweep_stale(&dir, Duration::from_secs(3600)), 0);
+        assert!(dir.join("upgrade-1.sock").exists());
+        assert_eq!(sweep_stale(&dir, Duration::ZERO), 1);
+        assert!(!dir.join("upgrade-1.sock").exists(), "the dead one goes");
+        assert!(dir.join("upgrade-2.sock").exists(), "a live one stays");
+        assert!(dir.join("admin.sock").exists(), "other names stay");
+        assert!(dir.join("upgrade-3.sock").exists(), "other file types stay");
+        drop(live);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
