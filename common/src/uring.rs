@@ -724,6 +724,17 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// This runtime's ring; None on the epoll driver, which has none (the relays fall back to
+    /// the readiness relay there), where these tests have nothing to test.
+    fn test_ring() -> Option<Rc<RecvRing>> {
+        let ring = RecvRing::current();
+        assert!(
+            ring.is_some() || std::env::var_os("MONOIO_FORCE_LEGACY_DRIVER").is_some(),
+            "no multishot ring on io_uring"
+        );
+        ring
+    }
+
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
@@ -756,7 +767,9 @@ mod tests {
     #[test]
     fn bytes_arrive_in_order_and_eof_follows() {
         crate::runtime::block_on(|| async {
-            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let Some(ring) = test_ring() else {
+                return;
+            };
             let mut p = pairs(1);
             let (rx, tx) = p.pop().unwrap();
             let mut r = ring.recv(rx.as_raw_fd());
@@ -780,7 +793,9 @@ mod tests {
     #[test]
     fn unread_connections_exhaust_the_pool_and_every_byte_still_arrives() {
         crate::runtime::block_on(|| async {
-            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let Some(ring) = test_ring() else {
+                return;
+            };
             let conns = pairs(300);
             let len = 64 * 1024;
             let mut rs: Vec<MultiRecv> = conns
@@ -834,7 +849,9 @@ mod tests {
     #[test]
     fn a_dropped_receiver_lets_its_socket_close() {
         crate::runtime::block_on(|| async {
-            let ring = RecvRing::current().expect("multishot ring on this kernel");
+            let Some(ring) = test_ring() else {
+                return;
+            };
             let (rx, mut tx) = pairs(1).pop().unwrap();
             let mut r = ring.recv(rx.as_raw_fd());
             tx.write_all(b"x").unwrap();
