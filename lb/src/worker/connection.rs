@@ -182,19 +182,19 @@ pub(super) async fn handle(
     let mut sni = None;
     let lcfg_reads_sni = lcfg.route.reads_sni();
     if lcfg_reads_sni {
-        match sni_of(&mut prefix, &mut client, &log).await {
-            Ok(s) => sni = s,
-            Err(e) => {
-                return refuse(
-                    core,
-                    listener,
-                    client_addr,
-                    "malformed TLS ClientHello",
-                    Some(&e),
-                    &log,
-                )
-            }
-        }
+        let Some(s) = Box::pin(sni_or_refuse(
+            &mut prefix,
+            &mut client,
+            &log,
+            core,
+            listener,
+            client_addr,
+        ))
+        .await
+        else {
+            return;
+        };
+        sni = s;
     }
     let Some(name) = lcfg.route.service_for(sni.as_deref()) else {
         return refuse(
@@ -240,19 +240,18 @@ pub(super) async fn handle(
             KeySource::Sni => {
                 // Read already when the listener routes by it; else read it now.
                 if !lcfg_reads_sni {
-                    match sni_of(&mut prefix, &mut client, &log).await {
-                        Ok(s) => sni = s,
-                        Err(e) => {
-                            return refuse(
-                                core,
-                                listener,
-                                client_addr,
-                                "malformed TLS ClientHello",
-                                Some(&e),
-                                &log,
-                            )
-                        }
-                    }
+                    let peeked = Box::pin(sni_or_refuse(
+                        &mut prefix,
+                        &mut client,
+                        &log,
+                        core,
+                        listener,
+                        client_addr,
+                    ));
+                    let Some(s) = peeked.await else {
+                        return;
+                    };
+                    sni = s;
                 }
                 sni.as_deref()
                     .map(|s| key_from_bytes(&cfg.hash, s.as_bytes()))
@@ -404,6 +403,32 @@ pub(super) async fn handle(
         }
         Err(e) => {
             tracing::debug!(%client_addr, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
+        }
+    }
+}
+
+/// The ClientHello's server name (Some(None): not TLS, or no name); None: it was malformed and
+/// the connection is refused (counted and logged).
+async fn sni_or_refuse(
+    prefix: &mut Prefix<'_>,
+    client: &mut TcpStream,
+    log: &Record,
+    core: &Core,
+    listener: &Listener,
+    client_addr: SocketAddr,
+) -> Option<Option<String>> {
+    match sni_of(prefix, client, log).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            refuse(
+                core,
+                listener,
+                client_addr,
+                "malformed TLS ClientHello",
+                Some(&e),
+                log,
+            );
+            None
         }
     }
 }
