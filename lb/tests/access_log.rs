@@ -472,3 +472,69 @@ service = "closes"
         assert_eq!(l["bytes_to_backend"], 27, "{mode}: {l}");
     }
 }
+
+#[test]
+fn a_malformed_client_hello_is_refused_where_lb_routes_or_hashes_by_sni() {
+    let ok = backend("ok");
+    let dir = TempDir::new("lb-access-sni");
+    let log = dir.0.join("access.log");
+    let toml = format!(
+        r#"
+[health]
+check = "none"
+[access_log]
+path = "{}"
+format = "json"
+[[services]]
+name = "web"
+[[services.backends]]
+name = "ok"
+address = "{}"
+[[services]]
+name = "keyed"
+algorithm = "consistent_hash"
+[services.hash]
+key = "sni"
+[[services.backends]]
+name = "ok2"
+address = "{}"
+[[listeners]]
+name = "routes"
+address = "127.0.0.1:0"
+default_service = "web"
+[[listeners.routes]]
+sni = "a.example"
+service = "web"
+[[listeners]]
+name = "keyed"
+address = "127.0.0.1:0"
+service = "keyed"
+"#,
+        log.display(),
+        ok.addr,
+        ok.addr
+    );
+    let (_lb, _cfg, at) = lb_with_listeners(&toml, &["routes", "keyed"], &["--cores", "1"]);
+    // A ClientHello whose session id claims 33 bytes (at most 32 exist).
+    let mut body = vec![0x03, 0x03];
+    body.extend([0u8; 32]);
+    body.push(33);
+    body.extend([0u8; 33]);
+    let mut hs = vec![0x01, 0, 0, body.len() as u8];
+    hs.extend(&body);
+    let mut record = vec![0x16, 0x03, 0x01, 0, hs.len() as u8];
+    record.extend(&hs);
+    for name in ["routes", "keyed"] {
+        let mut s = TcpStream::connect(at[name]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let client = s.local_addr().unwrap().to_string();
+        s.write_all(&record).unwrap();
+        let mut b = [0u8; 64];
+        // Closed (or reset) without an answer from any backend.
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "{name}");
+        let l = wait_line(&log, |l| l["client"] == client.as_str());
+        assert_eq!(l["end"], "protocol", "{name}: {l}");
+        assert_eq!(l["listener"], name, "{l}");
+        assert!(l["backend"].is_null(), "{name}: {l}");
+    }
+}
