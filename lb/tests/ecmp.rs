@@ -285,37 +285,19 @@ fn connect(
 // ---------------------------------------------------------------------------------------------
 // The harness
 
-/// The client process and its command counter.
+/// The client process.
 struct Client {
     proc: NsProc,
-    next: u32,
 }
 
 impl Client {
     /// Sends `cmd` and returns the connections it reported.
     fn run(&mut self, cmd: &str) -> Vec<Rec> {
-        self.next += 1;
-        let id = self.next.to_string();
-        self.proc.send_line(&format!("{id} {cmd}"));
-        let end = format!("{id} END");
-        if self
-            .proc
-            .stdout
-            .wait_for(ROUND_LIMIT, |l| l == end)
-            .is_none()
-        {
-            panic!(
-                "the client did not finish {cmd:?} within {ROUND_LIMIT:?}; stderr: {:?}",
-                self.proc.stderr.all()
-            );
-        }
-        let prefix = format!("{id} ");
         self.proc
-            .stdout
-            .all()
+            .ask(cmd, ROUND_LIMIT)
             .iter()
-            .filter_map(|(_, l)| {
-                let w: Vec<&str> = l.strip_prefix(&prefix)?.splitn(5, ' ').collect();
+            .filter_map(|l| {
+                let w: Vec<&str> = l.splitn(5, ' ').collect();
                 if w.len() < 5 {
                     return None;
                 }
@@ -413,7 +395,7 @@ impl Deployment {
         );
         proc.expect_stdout("READY", Duration::from_secs(15));
         Deployment {
-            client: Client { proc, next: 0 },
+            client: Client { proc },
             lbs,
             _backends: backends,
             _files: files,

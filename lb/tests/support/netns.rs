@@ -260,6 +260,8 @@ pub struct NsProc {
     /// The child's stdin, for programs started with `spawn_interactive`.
     stdin: Option<ChildStdin>,
     stopped: bool,
+    /// Requests sent by `ask`.
+    asked: u32,
 }
 
 impl NsProc {
@@ -287,6 +289,31 @@ impl NsProc {
         writeln!(stdin, "{line}")
             .and_then(|_| stdin.flush())
             .unwrap_or_else(|e| panic!("write {line:?} to {}: {e}", self.what));
+    }
+
+    /// Sends `cmd` as the next numbered request, `N cmd`, to a program that answers each with
+    /// lines `N ...` and then `N END` (the namespace tests' client scripts), and returns the
+    /// answer's lines without the `N `. Panics when the answer is not complete within `limit`.
+    pub fn ask(&mut self, cmd: &str, limit: Duration) -> Vec<String> {
+        self.asked += 1;
+        let id = self.asked.to_string();
+        self.send_line(&format!("{id} {cmd}"));
+        let end = format!("{id} END");
+        if self.stdout.wait_for(limit, |l| l == end).is_none() {
+            panic!(
+                "{} did not finish {cmd:?} within {limit:?}; stderr: {:?}",
+                self.what,
+                self.stderr.all()
+            );
+        }
+        let prefix = format!("{id} ");
+        self.stdout
+            .all()
+            .iter()
+            .filter_map(|(_, l)| l.strip_prefix(&prefix))
+            .filter(|l| *l != "END")
+            .map(str::to_string)
+            .collect()
     }
 
     fn start(
@@ -340,6 +367,7 @@ impl NsProc {
             stderr,
             stdin,
             stopped: false,
+            asked: 0,
         }
     }
 
