@@ -64,17 +64,23 @@ def servers_part(rounds, duration, conns):
     return res, cmds
 
 
-def clients_part(rounds, duration, conns, delay_ms=0):
+CLIENTS = {"loadgen": loadgen, "wrk": wrk}
+
+
+def clients_part(rounds, duration, conns, delay_ms=0, clients=None):
+    """Each client of `clients` (label -> function like `loadgen`; default loadgen and wrk) against
+    one backend on CPU 0, interleaved; requests per client CPU-second."""
+    clients = clients or CLIENTS
     port = free_port()
-    res = {"loadgen": [], "wrk": []}
+    res = {label: [] for label in clients}
     cmds = {}
     backend_argv = [str(TARGET / "backend"), "--listen", f"127.0.0.1:{port}", "--id", "backend", "--cores", "1"]
     if delay_ms:
         backend_argv += ["--min-latency", str(delay_ms), "--max-latency", str(delay_ms)]
     cmds["backend"] = " ".join(pinned(0, backend_argv)).replace(str(port), "PORT")
     with Server("backend", backend_argv, port, cpu=0):
-        for label in interleaved(["loadgen", "wrk"], rounds):
-            r = (loadgen if label == "loadgen" else wrk)(port, conns, duration, 1)
+        for label in interleaved(list(clients), rounds):
+            r = clients[label](port, conns, duration, 1)
             r["requests_per_cpu_s"] = r["requests"] / r["client_cpu_s"]
             log(f"  {label:8} {r['rps']:>10.0f} req/s  client {r['requests_per_cpu_s']:.0f} req/CPU-s  "
                 f"p50 {r['latency_ms'].get('p50', 0):.3f} ms p99 {r['latency_ms'].get('p99', 0):.3f} ms")

@@ -10,7 +10,22 @@ import json
 import os
 
 import instruments as ins
-from lbbench import TARGET, Server, environment, free_port, interleaved, log, median_spread, run_dir
+from lbbench import environment, log, median_spread, run_dir
+
+
+def taskrun(fn, value):
+    """`fn` run with LB_URING_TASKRUN set to `value` (None: unset, the default DEFER ring)."""
+    def run(*args):
+        saved = os.environ.pop("LB_URING_TASKRUN", None)
+        if value is not None:
+            os.environ["LB_URING_TASKRUN"] = value
+        try:
+            return fn(*args)
+        finally:
+            os.environ.pop("LB_URING_TASKRUN", None)
+            if saved is not None:
+                os.environ["LB_URING_TASKRUN"] = saved
+    return run
 
 
 def main():
@@ -21,20 +36,9 @@ def main():
     ap.add_argument("--out")
     a = ap.parse_args()
     out = run_dir("loadgen-taskrun", a.out)
-    port = free_port()
-    argv = [str(TARGET / "backend"), "--listen", f"127.0.0.1:{port}", "--id", "backend", "--cores", "1"]
-    res = {"loadgen-defer": [], "loadgen-coop": [], "wrk": []}
-    with Server("backend", argv, port, cpu=0):
-        for label in interleaved(list(res), a.rounds):
-            if label == "loadgen-coop":
-                os.environ["LB_URING_TASKRUN"] = "coop"
-            else:
-                os.environ.pop("LB_URING_TASKRUN", None)
-            r = (ins.wrk if label == "wrk" else ins.loadgen)(port, a.conns, a.duration, 1)
-            r["requests_per_cpu_s"] = r["requests"] / r["client_cpu_s"]
-            log(f"  {label:14} {r['rps']:>9.0f} req/s {r['requests_per_cpu_s']:>9.0f} req/CPU-s")
-            res[label].append(r)
-    os.environ.pop("LB_URING_TASKRUN", None)
+    clients = {"loadgen-defer": taskrun(ins.loadgen, None), "loadgen-coop": taskrun(ins.loadgen, "coop"),
+               "wrk": ins.wrk}
+    res, _ = ins.clients_part(a.rounds, a.duration, a.conns, clients=clients)
     summary = {k: {"requests_per_cpu_s": median_spread([x["requests_per_cpu_s"] for x in v]),
                    "rps": median_spread([x["rps"] for x in v])} for k, v in res.items()}
     (out / "loadgen-taskrun.json").write_text(json.dumps(
