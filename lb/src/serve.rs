@@ -172,9 +172,10 @@ pub fn serve(config: Config, opts: ServeOpts) -> anyhow::Result<()> {
         // Named after the port as bound, so that lbs on port 0 each get their own.
         None => match upgrade_path(&opts, routing.listeners[0].address.port()) {
             Some(path) => {
-                if opts.upgrade_socket.is_none() {
-                    // Killed lbs cannot remove theirs: the next one to start does.
-                    upgrade::sweep_private_dir();
+                // The default path is in lb's private directory: killed lbs cannot remove
+                // their sockets there, so the next one to start does.
+                if let (None, Some(dir)) = (&opts.upgrade_socket, path.parent()) {
+                    upgrade::sweep_stale(dir, upgrade::STALE_AFTER);
                 }
                 if let Err(e) = upgrade::serve(path, shared.clone(), admin_fd) {
                     tracing::warn!(error = %e, "binary upgrade unavailable");

@@ -76,7 +76,7 @@ pub fn private_dir() -> io::Result<PathBuf> {
 /// A socket file this old with nobody listening was left by an lb that was killed (SIGKILL, a
 /// crash: no exit path ran). Younger ones are left alone: another lb may be between its bind and
 /// its listen.
-const STALE_AFTER: Duration = Duration::from_secs(10);
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// Removes the upgrade sockets in lb's private directory that nobody listens on any more, so that
 /// killed lbs do not pile them up (2,079 had, from test runs that SIGKILL lb). Only files named
@@ -115,13 +115,6 @@ pub fn sweep_stale(dir: &Path, min_age: Duration) -> usize {
         tracing::info!(removed, dir = %dir.display(), "removed upgrade sockets of lbs that are gone");
     }
     removed
-}
-
-/// Sweeps lb's private directory (see `sweep_stale`).
-pub fn sweep_private_dir() {
-    if let Ok(dir) = private_dir() {
-        sweep_stale(&dir, STALE_AFTER);
-    }
 }
 
 /// An existing socket file at `path` must belong to lb's user: one planted by someone else (in a
