@@ -547,31 +547,7 @@ fn read_dashboard() -> Value {
 /// lb's /metrics has samples, with every label it can carry.
 fn exported_by_a_running_lb() -> Exported {
     let (a, b) = (backend("a"), backend("b"));
-    let toml = format!(
-        r#"
-[health]
-check = "none"
-[[services]]
-name = "web"
-[[services.backends]]
-name = "a"
-address = "{}"
-[[services]]
-name = "api"
-[[services.backends]]
-name = "b"
-address = "{}"
-[[listeners]]
-name = "l1"
-address = "127.0.0.1:0"
-service = "web"
-[[listeners]]
-name = "l2"
-address = "127.0.0.1:0"
-service = "api"
-"#,
-        a.addr, b.addr
-    );
+    let toml = two_services(&a, &b);
     let (lb, _cfg, at) = lb_with_listeners(&toml, &["l1", "l2"], &["--cores", "2"]);
     assert_eq!(request_id(at["l1"], None, "").unwrap(), "a");
     assert_eq!(request_id(at["l2"], None, "").unwrap(), "b");

@@ -7,34 +7,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn two_services(a: &Proc, b: &Proc) -> String {
-    format!(
-        r#"
-[health]
-check = "none"
-[[services]]
-name = "web"
-[[services.backends]]
-name = "a"
-address = "{}"
-[[services]]
-name = "api"
-[[services.backends]]
-name = "b"
-address = "{}"
-[[listeners]]
-name = "l1"
-address = "127.0.0.1:0"
-service = "web"
-[[listeners]]
-name = "l2"
-address = "127.0.0.1:0"
-service = "api"
-"#,
-        a.addr, b.addr
-    )
-}
-
 #[test]
 fn each_listener_feeds_its_service_and_the_admin_api_names_them() {
     let (a, b) = (backend("a"), backend("b"));

@@ -328,6 +328,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Two services, web (backend `a`) and api (`b`), each behind a listener of its own (l1, l2), on
+/// free ports; no health checks.
+pub fn two_services(a: &Proc, b: &Proc) -> String {
+    format!(
+        r#"
+[health]
+check = "none"
+[[services]]
+name = "web"
+[[services.backends]]
+name = "a"
+address = "{}"
+[[services]]
+name = "api"
+[[services.backends]]
+name = "b"
+address = "{}"
+[[listeners]]
+name = "l1"
+address = "127.0.0.1:0"
+service = "web"
+[[listeners]]
+name = "l2"
+address = "127.0.0.1:0"
+service = "api"
+"#,
+        a.addr, b.addr
+    )
+}
+
 /// lb started with `--config` from `toml` and `extra` arguments (no `--listen`: the file's
 /// listeners), its admin API on a free port; the address of each listener, by name, from the
 /// `lb listener NAME listening on ADDR` lines it prints.
