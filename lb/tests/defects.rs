@@ -1234,10 +1234,7 @@ fn a_reload_keeps_admin_api_changes_as_overrides_until_deleted() {
     );
     let (lb, cfg) = lb_with_config(&toml, &[]);
     let adm = lb.admin.unwrap();
-    let ok = |m: &str, p: &str, body: &str| {
-        let (code, resp) = admin_call(adm, None, m, p, body);
-        assert!(code == 200 || code == 201, "{m} {p}: {code} {resp}");
-    };
+    let ok = |m: &str, p: &str, body: &str| admin_ok(adm, m, p, body);
     ok(
         "POST",
         "/lb/backends",

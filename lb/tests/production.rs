@@ -131,10 +131,7 @@ fn a_takeover_keeps_api_backends_weights_drains_and_ejections() {
     );
     let (mut old, cfg) = lb_with_config(&toml, &["--upgrade-socket", &sock_path]);
     let adm = old.admin.unwrap();
-    let ok = |m: &str, p: &str, body: &str| {
-        let (code, resp) = admin_call(adm, None, m, p, body);
-        assert!(code == 200 || code == 201, "{m} {p}: {code} {resp}");
-    };
+    let ok = |m: &str, p: &str, body: &str| admin_ok(adm, m, p, body);
     ok(
         "POST",
         "/lb/backends",

@@ -299,6 +299,12 @@ pub fn admin_call(
     (code, body)
 }
 
+/// `admin_call` without a token that must succeed (200 or 201).
+pub fn admin_ok(addr: SocketAddr, method: &str, path: &str, body: &str) {
+    let (code, resp) = admin_call(addr, None, method, path, body);
+    assert!(code == 200 || code == 201, "{method} {path}: {code} {resp}");
+}
+
 /// Waits for `child` to exit, at most `limit`; its status.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = std::time::Instant::now() + limit;
