@@ -153,15 +153,22 @@ max_connections = 10
     );
 }
 
-#[test]
-fn a_client_queued_past_queue_timeout_is_closed_and_counted() {
-    let b = counting_backend(Duration::from_millis(1500));
+/// lb in front of `b` alone, which may hold one connection, with `limits` as its [limits] table;
+/// and a client whose request holds that connection (it is at `b` on return) until `b` answers.
+fn lb_with_one_slot(
+    b: &Counting,
+    limits: &str,
+) -> (
+    Proc,
+    support::tempfile_path::TempPath,
+    std::thread::JoinHandle<std::io::Result<String>>,
+) {
     let cfg = format!(
         r#"
 [health]
 check = "none"
 [limits]
-queue_timeout_ms = 200
+{limits}
 [[backends]]
 name = "one"
 address = "{}"
@@ -169,9 +176,9 @@ max_connections = 1
 "#,
         b.addr
     );
-    let (lb, _cfg) = lb_with_config(&cfg, &[]);
+    let (lb, cfg) = lb_with_config(&cfg, &[]);
     let a = lb.addr;
-    let first = std::thread::spawn(move || get(a));
+    let holder = std::thread::spawn(move || get(a));
     let deadline = Instant::now() + Duration::from_secs(5);
     while b.now.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -180,6 +187,13 @@ max_connections = 1
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    (lb, cfg, holder)
+}
+
+#[test]
+fn a_client_queued_past_queue_timeout_is_closed_and_counted() {
+    let b = counting_backend(Duration::from_millis(1500));
+    let (lb, _cfg, first) = lb_with_one_slot(&b, "queue_timeout_ms = 200");
     let t0 = Instant::now();
     let second = get(lb.addr);
     let waited = t0.elapsed();
@@ -201,28 +215,9 @@ max_connections = 1
 #[test]
 fn a_full_queue_refuses_at_once() {
     let b = counting_backend(Duration::from_millis(1500));
-    let cfg = format!(
-        r#"
-[health]
-check = "none"
-[limits]
-queue_timeout_ms = 5000
-max_queue = 1
-[[backends]]
-name = "one"
-address = "{}"
-max_connections = 1
-"#,
-        b.addr
-    );
-    let (lb, _cfg) = lb_with_config(&cfg, &[]);
+    let (lb, _cfg, held) = lb_with_one_slot(&b, "queue_timeout_ms = 5000\nmax_queue = 1");
     let a = lb.addr;
-    let held = std::thread::spawn(move || get(a));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while b.now.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(5));
-    }
     let queued = std::thread::spawn(move || get(a));
     while stats(&lb)["services"][0]["queue"]["queued"] != 1 {
         assert!(Instant::now() < deadline, "the second client never queued");
