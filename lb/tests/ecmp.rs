@@ -26,7 +26,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -113,34 +112,19 @@ struct Rec {
 #[test]
 #[ignore = "helper: the ecmp tests run it inside a namespace"]
 fn ecmp_client() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else {
+    let Some(spec) = netns::NsClient::from_env(CLIENT_ENV, "ecmp") else {
         return;
     };
-    assert!(
-        !netns::maybe_in_root_netns(),
-        "the ecmp test client must run inside a test namespace, never in the root one"
-    );
-    let get = |k: &str| {
-        spec.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("{CLIENT_ENV} lacks {k}: {spec:?}"))
-            .to_string()
-    };
-    let vip: SocketAddr = get("vip").parse().unwrap();
-    let instances: usize = get("instances").parse().unwrap();
-    let clients: Vec<Ipv4Addr> = get("clients")
+    let vip: SocketAddr = spec.get("vip").parse().unwrap();
+    let instances: usize = spec.get("instances").parse().unwrap();
+    let clients: Vec<Ipv4Addr> = spec
+        .get("clients")
         .split(',')
         .map(|a| a.parse().unwrap())
         .collect();
-    // End the test harness's `test ecmp_client ... ` line: each of ours starts a line.
-    println!();
-    println!("READY");
-
     let mut held: Vec<(usize, usize, TcpStream, String)> = Vec::new();
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let (id, cmd) = (w[0], w[1]);
+    spec.serve(|id, w| {
+        let cmd = w[1];
         match cmd {
             "new" => {
                 let [want, min, max]: [usize; 3] =
@@ -221,8 +205,7 @@ fn ecmp_client() {
             }
             other => panic!("unknown command {other:?}"),
         }
-        println!("{id} END");
-    }
+    });
 }
 
 fn deadline() -> Instant {

@@ -20,7 +20,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -64,31 +63,18 @@ const CLIENT_ENV: &str = "LBT_KERNEL_CLIENT";
 #[test]
 #[ignore = "helper: the kernel tests run it inside a namespace"]
 fn kernel_client() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else {
+    let Some(spec) = netns::NsClient::from_env(CLIENT_ENV, "kernel") else {
         return;
     };
-    assert!(
-        !netns::maybe_in_root_netns(),
-        "the kernel test client must run inside a test namespace, never in the root one"
-    );
-    let get = |k: &str| {
-        spec.split_whitespace()
-            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("{CLIENT_ENV} lacks {k}: {spec:?}"))
-            .to_string()
-    };
-    let vip: SocketAddr = get("vip").parse().unwrap();
-    let clients: Vec<Ipv4Addr> = get("clients")
+    let vip: SocketAddr = spec.get("vip").parse().unwrap();
+    let clients: Vec<Ipv4Addr> = spec
+        .get("clients")
         .split(',')
         .map(|a| a.parse().unwrap())
         .collect();
-    println!();
-    println!("READY");
     let mut held: Vec<(usize, TcpStream)> = Vec::new();
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let w: Vec<&str> = line.split_whitespace().collect();
-        let (id, cmd) = (w[0], w[1]);
+    spec.serve(|id, w| {
+        let cmd = w[1];
         match cmd {
             "new" => {
                 let k: usize = w[2].parse().unwrap();
@@ -130,8 +116,7 @@ fn kernel_client() {
             }
             other => panic!("unknown command {other:?}"),
         }
-        println!("{id} END");
-    }
+    });
 }
 
 fn deadline() -> Instant {

@@ -939,12 +939,7 @@ impl ClientSpec {
     }
 
     fn from_env(s: &str) -> ClientSpec {
-        let get = |k: &str| {
-            s.split_whitespace()
-                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("{CLIENT_ENV} lacks {k}: {s:?}"))
-                .to_string()
-        };
+        let get = |k: &str| spec_value(CLIENT_ENV, s, k);
         ClientSpec {
             target: get("target").parse().unwrap(),
             admin: get("admin").parse().unwrap(),
@@ -969,6 +964,54 @@ pub fn own_netns() -> String {
     std::fs::read_link("/proc/self/ns/net")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The client side of [`NsProc::ask`], in a namespace test's client process (the test binary
+/// started again, inside a namespace, with its spec in an environment variable).
+pub struct NsClient {
+    env: &'static str,
+    spec: String,
+}
+
+impl NsClient {
+    /// The spec of `KEY=VALUE` words in `env`; None when this run is not the client (`env` is
+    /// unset). Panics in the root network namespace: the client must never run there.
+    pub fn from_env(env: &'static str, what: &str) -> Option<NsClient> {
+        let spec = std::env::var(env).ok()?;
+        assert!(
+            !maybe_in_root_netns(),
+            "the {what} test client must run inside a test namespace, never in the root one"
+        );
+        Some(NsClient { env, spec })
+    }
+
+    /// The value of `key`; panics when the spec lacks it.
+    pub fn get(&self, key: &str) -> String {
+        spec_value(self.env, &self.spec, key)
+    }
+
+    /// Says READY, then answers every request line `N cmd ...` on stdin: `handle(N, words)`
+    /// (the line's words, `N` and `cmd` included) prints the answer's `N ...` lines, then `N END`.
+    pub fn serve(&self, mut handle: impl FnMut(&str, &[&str])) {
+        // End the test harness's `test NAME ... ` line: each of ours starts a line.
+        println!();
+        println!("READY");
+        for line in std::io::stdin().lock().lines() {
+            let line = line.unwrap();
+            let w: Vec<&str> = line.split_whitespace().collect();
+            handle(w[0], &w);
+            println!("{} END", w[0]);
+        }
+    }
+}
+
+/// The value of `key` among the `KEY=VALUE` words of `spec` (from the variable `env`); panics
+/// when it is missing.
+fn spec_value(env: &str, spec: &str, key: &str) -> String {
+    spec.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{env} lacks {key}: {spec:?}"))
+        .to_string()
 }
 
 /// True unless this process is certainly in another network namespace than the test process that
