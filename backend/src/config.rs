@@ -37,8 +37,9 @@ pub const MAX_ID_LEN: usize = 128;
 /// read and discarded. Bad requests get 400, oversized heads 431, then the connection closes.
 /// Echo mode (--mode echo): raw TCP echo that honours half-close.
 ///
-/// SIGTERM or SIGINT: new connections are refused at once, open ones may finish within
-/// --shutdown-grace, then the process exits 0 (also as PID 1 of a container).
+/// SIGTERM or SIGINT: new clients are held, those already queued are accepted (within 1 s),
+/// then new connections are refused; open ones may finish within --shutdown-grace, then the
+/// process exits 0 (also as PID 1 of a container).
 ///
 /// Once listening, prints `backend <id> listening on <addr> (<mode>, <cores> cores, <driver>)`
 /// on stdout; logs go to stderr (RUST_LOG, default info). Exit code 2: invalid arguments.
@@ -103,8 +104,8 @@ pub struct Cli {
     /// Close a connection idle this long between requests (echo mode: with no data).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// On SIGTERM or SIGINT: stop accepting at once, wait this long at most for the open
-    /// connections to finish, then exit 0 (0s: exit at once).
+    /// On SIGTERM or SIGINT: stop accepting (once the queued clients are accepted), wait this
+    /// long at most for the open connections to finish, then exit 0 (0s: exit at once).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// How HTTP connections receive: `multishot`, one multishot receive per connection into the

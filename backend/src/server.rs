@@ -166,6 +166,7 @@ async fn accept_loop(listener: monoio::net::TcpListener, handle: impl Fn(monoio:
             }
             Err(_) if stop::is_stopping() => {
                 // The open connections on this core go on; the stop thread ends the process.
+                stop::accept_ended();
                 monoio::time::sleep(Duration::from_secs(3600)).await;
             }
             Err(e) => {

@@ -1,5 +1,5 @@
-//! SIGTERM and SIGINT: stop accepting, let the open connections finish within a grace period,
-//! exit 0. As PID 1 of a container a signal without a handler is ignored, so without this
+//! SIGTERM and SIGINT: stop accepting without resetting the queued clients, let the open
+//! connections finish within a grace period, exit 0. As PID 1 of a container a signal without a handler is ignored, so without this
 //! `docker stop` (and a compose scale-down) waited its whole timeout and then SIGKILLed the
 //! backend, resetting whatever request it was answering.
 
@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 /// Open connections over every core. Written once per connection, never per request.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Accept loops that saw their listener shut down: every connection they accepted is counted in
+/// [`OPEN`] by then.
+static ACCEPT_ENDED: AtomicUsize = AtomicUsize::new(0);
 
 /// How often the stop thread looks at the open-connection count while it waits.
 const POLL: Duration = Duration::from_millis(10);
+/// The longest wait for the accept queues to empty once new clients are held.
+const QUIESCE_MAX: Duration = Duration::from_secs(1);
 
 /// Counts one open connection for as long as it lives.
 pub struct Open(());
@@ -42,6 +47,11 @@ pub fn is_stopping() -> bool {
     STOPPING.load(Ordering::Relaxed)
 }
 
+/// An accept loop calls this once, when its accept fails after the stop.
+pub fn accept_ended() {
+    ACCEPT_ENDED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Blocks SIGTERM and SIGINT in the calling thread and so in every thread it starts later: call
 /// it first on the main thread, so that only the stop thread ([`spawn_stop_thread`]) takes them
 /// (a thread that left them unblocked would get the default action: death, or nothing as PID 1).
@@ -61,8 +71,10 @@ pub fn block_stop_signals() -> io::Result<()> {
 }
 
 /// Starts the thread that takes SIGTERM and SIGINT (after [`block_stop_signals`]; a signal that
-/// came in between waits for it). `listeners`: the listening sockets, shut down on the signal so that new connections are
-/// refused at once (a balancer in front retries them elsewhere) while open ones carry on.
+/// came in between waits for it). `listeners`: the listening sockets, one accept loop each. On
+/// the signal new clients are held (not answered), the queued ones accepted
+/// ([`lb_common::quiesce`]), then the listeners shut down, so that new connections are refused
+/// (a balancer in front retries them elsewhere) while open ones carry on.
 pub fn spawn_stop_thread(listeners: Vec<RawFd>, grace: Duration) -> io::Result<()> {
     lb_common::signals::spawn_signal_thread(
         "backend-stop",
@@ -71,10 +83,27 @@ pub fn spawn_stop_thread(listeners: Vec<RawFd>, grace: Duration) -> io::Result<(
             if STOPPING.swap(true, Ordering::Relaxed) {
                 return;
             }
+            let deadline = Instant::now() + grace;
+            // The accept loops keep taking the queue meanwhile; at most 1 s of the grace.
+            let q = lb_common::quiesce::quiesce(&listeners, grace.min(QUIESCE_MAX));
+            if q.not_held > 0 || q.left > 0 {
+                tracing::warn!(
+                    not_held = q.not_held,
+                    left = q.left,
+                    "stopping: some queued clients will be reset"
+                );
+            }
             for &fd in &listeners {
                 // SAFETY: shutdown(2) on a listening socket this process owns until it exits;
                 // it stops listening, and a pending accept on any core fails with EINVAL.
                 unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            }
+            // An accept that completed just before the shutdown is counted once its loop sees
+            // the failure that follows it.
+            while ACCEPT_ENDED.load(Ordering::Relaxed) < listeners.len()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(POLL);
             }
             let open = OPEN.load(Ordering::Relaxed);
             tracing::info!(
@@ -83,7 +112,6 @@ pub fn spawn_stop_thread(listeners: Vec<RawFd>, grace: Duration) -> io::Result<(
                 grace_ms = grace.as_millis() as u64,
                 "stopping: no new connections, waiting for the open ones"
             );
-            let deadline = Instant::now() + grace;
             while OPEN.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 std::thread::sleep(POLL);
             }

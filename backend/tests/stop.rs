@@ -1,5 +1,6 @@
-//! SIGTERM and SIGINT: new connections are refused at once, open ones finish (within
-//! `--shutdown-grace`), the process exits 0; also as PID 1 of a PID namespace, as in a container.
+//! SIGTERM and SIGINT: queued clients are answered, then new connections are refused, open ones
+//! finish (within `--shutdown-grace`), the process exits 0; also as PID 1 of a PID namespace, as
+//! in a container.
 
 mod support;
 
@@ -93,4 +94,55 @@ fn sigterm_stops_the_backend_as_pid_1_of_a_pid_namespace() {
     assert_eq!(unsafe { libc::kill(backend, libc::SIGTERM) }, 0);
     let status = exit_within(&mut s, Duration::from_secs(3)).expect("SIGTERM was ignored");
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// Reads one response head; an error says how the connection ended instead.
+fn answered(c: &mut TcpStream) -> Result<(), String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match std::io::Read::read(c, &mut buf) {
+            Ok(0) => return Err(format!("closed after {} bytes", got.len())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    match got.starts_with(b"HTTP/1.1 200") {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&got).into_owned()),
+    }
+}
+
+/// Connections the kernel completed but the backend had not accepted yet when the signal came
+/// (a burst, a busy core) are answered, not reset: closing a listener resets its accept queue,
+/// and in CI a compose scale-down failed a request through lb this way. SIGSTOP holds the
+/// process so that the queue fills; SIGTERM and SIGCONT then race its worker against the stop.
+#[test]
+fn connections_queued_at_sigterm_are_answered_not_reset() {
+    const QUEUED: usize = 32;
+    let mut s = start(&["--cores", "1"]);
+    s.signal(libc::SIGSTOP);
+    let mut queued: Vec<TcpStream> = (0..QUEUED)
+        .map(|_| {
+            let mut c = connect(s.addr);
+            std::io::Write::write_all(&mut c, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    s.signal(libc::SIGTERM);
+    s.signal(libc::SIGCONT);
+    let failed: Vec<String> = queued
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| answered(c).err().map(|e| format!("#{i}: {e}")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {QUEUED} queued connections not answered: {failed:?}",
+        failed.len()
+    );
+    drop(queued);
+    let status = exit_within(&mut s, Duration::from_secs(5)).expect("no exit after the drain");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(refused(&s), "still accepting after the stop");
 }

@@ -3,6 +3,7 @@
 pub mod http;
 pub mod logging;
 pub mod net;
+pub mod quiesce;
 pub mod runtime;
 pub mod signals;
 pub mod sysinfo;
