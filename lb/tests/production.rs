@@ -374,3 +374,54 @@ fn a_drain_with_a_deadline_closes_what_is_still_open_then_and_one_without_does_n
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(v["backends"][0]["drain_deadline_ms"].is_null());
 }
+
+/// Clients the kernel queued for lb but lb had not accepted when it stopped get their answer,
+/// not a reset: closing a listener resets its accept queue. SIGSTOP holds lb so that the queue
+/// fills; SIGTERM (no lame duck) and SIGCONT then race its worker against the stop.
+#[test]
+fn clients_queued_when_lb_stops_are_served_not_reset() {
+    const QUEUED: usize = 32;
+    let a = backend("a");
+    let toml = format!(
+        "cores = 1\n[health]\ncheck = \"none\"\n[shutdown]\nlame_duck_ms = 0\ngrace_ms = 5000\n[[backends]]\nname = \"a\"\naddress = \"{}\"\n",
+        a.addr
+    );
+    let (mut lb, _cfg) = lb_with_config(&toml, &[]);
+    assert_eq!(request_id(lb.addr, None, "").unwrap(), "a");
+    signal(&lb.child, libc::SIGSTOP);
+    let mut queued: Vec<TcpStream> = (0..QUEUED)
+        .map(|_| {
+            let mut c = TcpStream::connect(lb.addr).expect("connect while lb is stopped");
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            std::io::Write::write_all(
+                &mut c,
+                b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    signal(&lb.child, libc::SIGTERM);
+    signal(&lb.child, libc::SIGCONT);
+    let failed: Vec<String> = queued
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let mut got = Vec::new();
+            match std::io::Read::read_to_end(c, &mut got) {
+                Ok(_) if got.starts_with(b"HTTP/1.1 200") => None,
+                Ok(_) => Some(format!("#{i}: {:?}", String::from_utf8_lossy(&got))),
+                Err(e) => Some(format!("#{i}: {e} after {} bytes", got.len())),
+            }
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {QUEUED} queued clients not served: {failed:?}",
+        failed.len()
+    );
+    // The clients close their side too (lb relays each direction until its own FIN).
+    drop(queued);
+    let status = wait_exit(&mut lb.child, Duration::from_secs(3)).expect("lb did not exit");
+    assert!(status.success(), "{status:?}");
+}
