@@ -74,34 +74,39 @@ fn relay_on<'a>(
     )
 }
 
-async fn copy_half(
+/// Not an `async fn`, which would keep its arguments twice in every idle connection.
+#[allow(clippy::manual_async_fn)]
+fn copy_half(
     mut from: MultiRecv,
-    _reading: Half<TcpStream>,
+    reading: Half<TcpStream>,
     mut to: Half<TcpStream>,
     from_side: Side,
     to_side: Side,
     idle: &IdleGuard,
-) -> Result<u64, RelayError> {
-    let mut total = 0u64;
-    loop {
-        let chunk = from
-            .recv()
-            .await
-            .map_err(|source| RelayError::io(from_side, source))?;
-        idle.touch();
-        let Some(chunk) = chunk else {
-            // Half-close: tell the other side we are done writing, keep the other direction.
-            // The access log names whichever side closed first.
-            idle.eof(from_side == Side::Client);
-            let _ = to.shutdown().await;
-            return Ok(total);
-        };
-        let n = chunk.len();
-        // The buffer goes back to the ring when the send is done with it.
-        let (res, _) = to.write_all(chunk).await;
-        res.map_err(|source| RelayError::io(to_side, source))?;
-        idle.moved(to_side == Side::Backend, n);
-        total += n as u64;
+) -> impl Future<Output = Result<u64, RelayError>> + '_ {
+    async move {
+        let _reading = reading;
+        let mut total = 0u64;
+        loop {
+            let chunk = from
+                .recv()
+                .await
+                .map_err(|source| RelayError::io(from_side, source))?;
+            idle.touch();
+            let Some(chunk) = chunk else {
+                // Half-close: tell the other side we are done writing, keep the other direction.
+                // The access log names whichever side closed first.
+                idle.eof(from_side == Side::Client);
+                let _ = to.shutdown().await;
+                return Ok(total);
+            };
+            let n = chunk.len();
+            // The buffer goes back to the ring when the send is done with it.
+            let (res, _) = to.write_all(chunk).await;
+            res.map_err(|source| RelayError::io(to_side, source))?;
+            idle.moved(to_side == Side::Backend, n);
+            total += n as u64;
+        }
     }
 }
 

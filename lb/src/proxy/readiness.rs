@@ -7,6 +7,7 @@
 //! buffer of its own until the socket is writable again.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -29,37 +30,42 @@ impl Scratch {
     }
 }
 
-pub async fn relay(
+/// Not an `async fn`, which would keep both streams twice in every idle connection (its
+/// arguments and the locals it moves them into); the block keeps the captured ones.
+#[allow(clippy::manual_async_fn)]
+pub fn relay<'a>(
     client: TcpStream,
     backend: TcpStream,
     opts: RelayOpts,
-    scratch: &Scratch,
-    idle: &IdleGuard,
-) -> Result<Relayed, RelayError> {
-    let fds = [client.as_raw_fd(), backend.as_raw_fd()];
-    super::until_idle(
-        copy_half(
-            &client,
-            &backend,
-            Side::Client,
-            Side::Backend,
-            opts,
-            scratch,
+    scratch: &'a Scratch,
+    idle: &'a IdleGuard,
+) -> impl Future<Output = Result<Relayed, RelayError>> + 'a {
+    async move {
+        let fds = [client.as_raw_fd(), backend.as_raw_fd()];
+        super::until_idle(
+            copy_half(
+                &client,
+                &backend,
+                Side::Client,
+                Side::Backend,
+                opts,
+                scratch,
+                idle,
+            ),
+            copy_half(
+                &backend,
+                &client,
+                Side::Backend,
+                Side::Client,
+                opts,
+                scratch,
+                idle,
+            ),
             idle,
-        ),
-        copy_half(
-            &backend,
-            &client,
-            Side::Backend,
-            Side::Client,
-            opts,
-            scratch,
-            idle,
-        ),
-        idle,
-        fds,
-    )
-    .await
+            fds,
+        )
+        .await
+    }
 }
 
 fn err(side: Side, source: io::Error) -> RelayError {

@@ -87,38 +87,42 @@ pub fn relay(
 
 type CopyResult = Result<u64, RelayError>;
 
-async fn copy_half<R: AsyncReadRent, W: AsyncWriteRent>(
+/// Not an `async fn`, which would keep its arguments twice in every idle connection.
+#[allow(clippy::manual_async_fn)]
+fn copy_half<'a, R: AsyncReadRent + 'a, W: AsyncWriteRent + 'a>(
     mut from: R,
     mut to: W,
     from_side: Side,
     to_side: Side,
     opts: RelayOpts,
-    idle: &IdleGuard,
-) -> Result<u64, RelayError> {
-    let mut cap = INITIAL_BUFFER.min(opts.max_buffer);
-    let mut buf: Vec<u8> = Vec::with_capacity(cap);
-    let mut total = 0u64;
-    loop {
-        let (res, b) = from.read(buf).await;
-        buf = b;
-        let n = res.map_err(|source| RelayError::io(from_side, source))?;
-        idle.touch();
-        if n == 0 {
-            idle.eof(from_side == Side::Client);
-            // Half-close: tell the other side we are done writing, keep the other direction.
-            let _ = to.shutdown().await;
-            return Ok(total);
-        }
-        let (res, b) = to.write_all(buf).await;
-        buf = b;
-        res.map_err(|source| RelayError::io(to_side, source))?;
-        idle.moved(to_side == Side::Backend, n);
-        total += n as u64;
-        if n == cap && cap < opts.max_buffer {
-            cap = (cap * 2).min(opts.max_buffer);
-            buf = Vec::with_capacity(cap);
-        } else {
-            buf.clear();
+    idle: &'a IdleGuard,
+) -> impl Future<Output = Result<u64, RelayError>> + 'a {
+    async move {
+        let mut cap = INITIAL_BUFFER.min(opts.max_buffer);
+        let mut buf: Vec<u8> = Vec::with_capacity(cap);
+        let mut total = 0u64;
+        loop {
+            let (res, b) = from.read(buf).await;
+            buf = b;
+            let n = res.map_err(|source| RelayError::io(from_side, source))?;
+            idle.touch();
+            if n == 0 {
+                idle.eof(from_side == Side::Client);
+                // Half-close: tell the other side we are done writing, keep the other direction.
+                let _ = to.shutdown().await;
+                return Ok(total);
+            }
+            let (res, b) = to.write_all(buf).await;
+            buf = b;
+            res.map_err(|source| RelayError::io(to_side, source))?;
+            idle.moved(to_side == Side::Backend, n);
+            total += n as u64;
+            if n == cap && cap < opts.max_buffer {
+                cap = (cap * 2).min(opts.max_buffer);
+                buf = Vec::with_capacity(cap);
+            } else {
+                buf.clear();
+            }
         }
     }
 }
@@ -146,6 +150,7 @@ mod tests {
             drop(fut);
             size
         });
-        assert!(size <= 1024, "relay future is {size} bytes");
+        // 752 while copy_half was an `async fn` keeping its arguments twice; 688 after.
+        assert!(size <= 704, "relay future is {size} bytes");
     }
 }

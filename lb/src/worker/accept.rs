@@ -95,12 +95,10 @@ pub(super) async fn accept_loop(socket: std::net::TcpListener, lst: Arc<Listener
                         core.shared.cores.accepted(core.index);
                         lst.counters.add(core.index, listener_counter::ACCEPTED, 1);
                         lst.counters.add(core.index, listener_counter::ACTIVE, 1);
-                        let (c, l) = (core.clone(), lst.clone());
-                        spawn_guarded("connection", async move {
-                            handle(stream, peer, &l, &c).await;
-                            l.counters.sub(c.index, listener_counter::ACTIVE, 1);
-                            c.shared.cores.finished(c.index);
-                        });
+                        spawn_guarded(
+                            "connection",
+                            handle(stream, peer, lst.clone(), core.clone()),
+                        );
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot register accepted connection"),
                 },

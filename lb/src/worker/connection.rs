@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
@@ -12,30 +14,32 @@ use monoio::net::TcpStream;
 use crate::balance::{key_from_bytes, key_from_ip};
 use crate::config::{AcceptProxy, KeySource, RelayMode, SendProxy};
 use crate::proxy::http::peek_key;
+use crate::proxy::idle::IdleGuard;
 use crate::proxy::prefix::{Prefix, PrefixError};
 use crate::proxy::proxy_header::{self, Accept};
 use crate::proxy::tcp::{RelayError, Side};
 use crate::proxy::tls::{self, peek_sni};
 use crate::proxy::{abort_on_close, multishot, readiness, set_keepalive, tcp};
 use crate::shared::access_log::End;
-use crate::shared::ips::Refused;
+use crate::shared::ips::{IpLease, Refused};
 use crate::shared::routing::{listener_counter, service_counter};
 use crate::shared::Listener;
 
 use super::access_log::Record;
 use super::latency::Probe;
-use super::upstream::{ConnectError, Connected};
+use super::upstream::{ActiveConn, ConnectError, Connected};
 use super::Core;
 
-/// Why a client was closed before a service was chosen, for the log.
-fn refuse(
+/// Why a client was closed before a service was chosen, for the log. Always `None`, for the
+/// caller to return.
+fn refuse<T>(
     core: &Core,
     listener: &Listener,
     peer: SocketAddr,
     why: &str,
     e: Option<&std::io::Error>,
     log: &Record,
-) {
+) -> Option<T> {
     log.end(End::Protocol);
     listener
         .counters
@@ -47,11 +51,12 @@ fn refuse(
         Some(e) => tracing::warn!(listener = %listener.name, %peer, error = %e, suppressed, "{why}; client closed"),
         None => tracing::warn!(listener = %listener.name, %peer, suppressed, "{why}; client closed"),
     });
+    None
 }
 
 /// Refuses a client by policy (an access list, a per-source limit) with a reset, counted under
-/// `counter` and logged at most once per 5 s per core.
-fn deny(
+/// `counter` and logged at most once per 5 s per core. Always `None`, for the caller to return.
+fn deny<T>(
     core: &Core,
     listener: &Listener,
     client: &TcpStream,
@@ -59,7 +64,7 @@ fn deny(
     counter: usize,
     why: &str,
     log: &Record,
-) {
+) -> Option<T> {
     log.end(match counter {
         listener_counter::PER_IP => End::Limit,
         listener_counter::RATE => End::RateLimit,
@@ -70,14 +75,67 @@ fn deny(
     core.refusals.warn(|suppressed| {
         tracing::warn!(listener = %listener.name, client = %client_addr, suppressed, "{why}: client refused")
     });
+    None
 }
 
-pub(super) async fn handle(
+/// What the relay phase needs of a connection that reached its backend, and what must live as
+/// long as it: one value, so that the phase's future holds each field once.
+struct Relaying<'a> {
+    client: TcpStream,
+    backend: TcpStream,
+    client_addr: SocketAddr,
+    log: Record,
+    idle: IdleGuard,
+    active: ActiveConn,
+    probe: Option<Rc<Probe>>,
+    /// Bytes of the client's prefix sent before the relay started.
+    replayed: u64,
+    /// The per-source slot (max_connections_per_ip), held until the connection closes.
+    _source: Option<IpLease<'a>>,
+}
+
+/// One accepted connection, to its close; the listener's and the core's counts of open
+/// connections drop when it ends.
+///
+/// The setup (the prefix, the routing, the connect and its retries) runs boxed and is freed
+/// when the relay starts, so that an idle connection's task carries only the relay phase:
+/// heaptrack on 2,000 idle connections showed 1,024 bytes per task with both in one future.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    core: Rc<Core>,
+) -> impl std::future::Future<Output = ()> {
+    // A block, not an `async fn`, which would hold its arguments twice (see relay_and_account).
+    async move {
+        let setup = Box::pin(setup(client, peer, &listener, &core));
+        // `let else`, not `if let`: the scrutinee of an `if let` stays in the future beside
+        // the relay phase's (928 bytes instead of 568).
+        let Some(r) = setup.await else {
+            return closed(&listener, &core);
+        };
+        relay_and_account(r, &core).await;
+        closed(&listener, &core)
+    }
+}
+
+/// A connection of `listener` on this core closed.
+fn closed(listener: &Listener, core: &Core) {
+    listener
+        .counters
+        .sub(core.index, listener_counter::ACTIVE, 1);
+    core.shared.cores.finished(core.index);
+}
+
+/// From accept to the first bytes sent to the backend; `None`: the connection was closed,
+/// counted and logged.
+async fn setup<'a>(
     mut client: TcpStream,
     peer: SocketAddr,
-    listener: &Listener,
-    core: &Core,
-) {
+    listener: &'a Listener,
+    core: &'a Core,
+) -> Option<Relaying<'a>> {
     let _ = client.set_nodelay(true);
     // The access log's record of this connection (empty with the log off): its line is
     // written when it drops, however the connection ends.
@@ -152,7 +210,7 @@ pub(super) async fn handle(
             &log,
         );
     }
-    let _source = if lcfg.limits.per_ip() {
+    let source = if lcfg.limits.per_ip() {
         match listener.ips.admit(
             client_addr.ip(),
             std::time::Instant::now(),
@@ -182,7 +240,7 @@ pub(super) async fn handle(
     let mut sni = None;
     let lcfg_reads_sni = lcfg.route.reads_sni();
     if lcfg_reads_sni {
-        let Some(s) = Box::pin(sni_or_refuse(
+        sni = Box::pin(sni_or_refuse(
             &mut prefix,
             &mut client,
             &log,
@@ -190,11 +248,7 @@ pub(super) async fn handle(
             listener,
             client_addr,
         ))
-        .await
-        else {
-            return;
-        };
-        sni = s;
+        .await?;
     }
     let Some(name) = lcfg.route.service_for(sni.as_deref()) else {
         return refuse(
@@ -248,10 +302,7 @@ pub(super) async fn handle(
                         listener,
                         client_addr,
                     ));
-                    let Some(s) = peeked.await else {
-                        return;
-                    };
-                    sni = s;
+                    sni = peeked.await?;
                 }
                 sni.as_deref()
                     .map(|s| key_from_bytes(&cfg.hash, s.as_bytes()))
@@ -302,7 +353,7 @@ pub(super) async fn handle(
                 .counters
                 .add(core.index, service_counter::NO_BACKEND, 1);
             tracing::debug!(%client_addr, service = %svc.service.name, error = %e, "no backend for client; closing it");
-            return;
+            return None;
         }
     };
     let connected_at = std::time::Instant::now();
@@ -341,7 +392,7 @@ pub(super) async fn handle(
             log.end(io_end(Side::Backend, &e));
             // The client's request was cut: it must not see a clean close.
             abort_on_close(client.as_raw_fd());
-            return;
+            return None;
         }
     }
     if let Some(ka) = cfg.timeouts.keepalive {
@@ -360,49 +411,86 @@ pub(super) async fn handle(
         idle.set_probe(p.clone());
         p
     });
-    let result = match top.relay.mode {
+    Some(Relaying {
+        client,
+        backend,
+        client_addr,
+        log,
+        idle,
+        active,
+        probe,
+        replayed,
+        _source: source,
+    })
+}
+
+/// Relays until both sides are done, then counts and logs how the connection ended.
+///
+/// Not an `async fn`: one of those moves its arguments into its body, so the future would
+/// hold `r` twice (824 bytes instead of 432); the block uses the captured `r` in place.
+#[allow(clippy::manual_async_fn)]
+fn relay_and_account<'a>(
+    r: Relaying<'a>,
+    core: &'a Core,
+) -> impl std::future::Future<Output = ()> + 'a {
+    async move {
+        // The streams move into the relay; the rest is used in place. Every field is named:
+        // the block captures only the fields it uses, and the per-source lease, left to `..`,
+        // was dropped before the relay started (a_source_over_its_limit_is_refused_while_
+        // another_is_served caught it).
+        let Relaying {
+            client,
+            backend,
+            client_addr,
+            replayed,
+            ref log,
+            ref idle,
+            ref active,
+            ref probe,
+            ref _source,
+        } = r;
         // Boxed: each mode's future is allocated at its own size instead of the connection
-        // carrying the larger of the two.
-        RelayMode::Readiness => {
-            Box::pin(readiness::relay(
+        // carrying the largest.
+        let relay: multishot::RelayFuture<'_> = match core.shared.config.relay.mode {
+            RelayMode::Readiness => Box::pin(readiness::relay(
                 client,
                 backend,
                 core.relay,
                 &core.scratch,
-                &idle,
-            ))
-            .await
+                idle,
+            )),
+            RelayMode::Completion => Box::pin(tcp::relay(client, backend, core.relay, idle)),
+            RelayMode::Multishot => {
+                multishot::relay(client, backend, core.relay, &core.scratch, idle)
+            }
+        };
+        let result = relay.await;
+        // Counted however the connection ended (an error, the idle timeout, a cut); the replayed
+        // prefix counts as relayed: it is the first bytes the backend gets from the client.
+        if let Some(p) = probe {
+            p.finish(std::time::Instant::now());
         }
-        RelayMode::Completion => Box::pin(tcp::relay(client, backend, core.relay, &idle)).await,
-        RelayMode::Multishot => {
-            multishot::relay(client, backend, core.relay, &core.scratch, &idle).await
-        }
-    };
-    // Counted however the connection ended (an error, the idle timeout, a cut); the replayed
-    // prefix counts as relayed: it is the first bytes the backend gets from the client.
-    if let Some(p) = &probe {
-        p.finish(std::time::Instant::now());
-    }
-    let (up, down) = idle.bytes();
-    active.set_bytes(up + replayed, down);
-    log.bytes(up + replayed, down);
-    log.end(match &result {
-        Ok(_) => match idle.first_eof() {
-            Some(false) => End::BackendFin,
-            _ => End::ClientFin,
-        },
-        Err(RelayError::Io { side, source }) => io_end(*side, source),
-        Err(RelayError::Idle) => End::IdleTimeout,
-        Err(RelayError::Shutdown) => End::Shutdown,
-        Err(RelayError::Lifetime) => End::Lifetime,
-        Err(RelayError::Drained) => End::DrainDeadline,
-    });
-    match result {
-        Ok(_) => {
-            tracing::trace!(%client_addr, backend = active.backend(), up = up + replayed, down, "connection done")
-        }
-        Err(e) => {
-            tracing::debug!(%client_addr, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
+        let (up, down) = idle.bytes();
+        active.set_bytes(up + replayed, down);
+        log.bytes(up + replayed, down);
+        log.end(match &result {
+            Ok(_) => match idle.first_eof() {
+                Some(false) => End::BackendFin,
+                _ => End::ClientFin,
+            },
+            Err(RelayError::Io { side, source }) => io_end(*side, source),
+            Err(RelayError::Idle) => End::IdleTimeout,
+            Err(RelayError::Shutdown) => End::Shutdown,
+            Err(RelayError::Lifetime) => End::Lifetime,
+            Err(RelayError::Drained) => End::DrainDeadline,
+        });
+        match result {
+            Ok(_) => {
+                tracing::trace!(%client_addr, backend = active.backend(), up = up + replayed, down, "connection done")
+            }
+            Err(e) => {
+                tracing::debug!(%client_addr, backend = active.backend(), error = %e, "connection ended with an error; both sides reset")
+            }
         }
     }
 }
@@ -419,17 +507,14 @@ async fn sni_or_refuse(
 ) -> Option<Option<String>> {
     match sni_of(prefix, client, log).await {
         Ok(s) => Some(s),
-        Err(e) => {
-            refuse(
-                core,
-                listener,
-                client_addr,
-                "malformed TLS ClientHello",
-                Some(&e),
-                log,
-            );
-            None
-        }
+        Err(e) => refuse(
+            core,
+            listener,
+            client_addr,
+            "malformed TLS ClientHello",
+            Some(&e),
+            log,
+        ),
     }
 }
 
@@ -453,5 +538,24 @@ fn io_end(side: Side, e: &std::io::Error) -> End {
         (Side::Client, false) => End::ClientError,
         (Side::Backend, true) => End::BackendReset,
         (Side::Backend, false) => End::BackendError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, D, F>(_: impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open connection's task holds this future. It was about 930 bytes (heaptrack: a
+    /// 1,024-byte task per idle connection) while the setup's state shared it with the relay
+    /// phase, `async fn`s kept their arguments twice and the spawn wrapped it in another block.
+    #[test]
+    fn the_future_of_an_idle_connection_stays_small() {
+        let size = returned_size(handle);
+        assert!(size <= 640, "connection future is {size} bytes");
     }
 }
