@@ -301,8 +301,10 @@ def backend_proc(port, cpu, server_id, cores=1, extra=()):
     return Server(f"backend-{server_id}", argv, port, cpu=cpu)
 
 
-def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None, env=None):
-    argv = [str(TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores), "--admin", "off",
+def lb_proc(port, backend_ports, cpu, cores=1, algorithm="round_robin", extra=(), pool=0, relay_mode=None, env=None,
+            binary=None):
+    """lb on `port`; `binary`: another build's lb (an A/B against a baseline), else this tree's."""
+    argv = [str(binary or TARGET / "lb"), "--listen", f"127.0.0.1:{port}", "--cores", str(cores), "--admin", "off",
             "--algorithm", algorithm, "--backend", ",".join(f"127.0.0.1:{p}" for p in backend_ports), *extra]
     dirs = []
     if pool or relay_mode:

@@ -41,9 +41,14 @@ from lbbench import (RESULTS, Server, backend_proc, build_release, ensure_packag
 from svgchart import bar_chart_err, hbar_chart
 
 HERE = Path(__file__).resolve().parent
+BASELINE_DIR = None  # --baseline
 SCHEMA = 2  # 1: per-process CPU only (before the hop-cost yardstick); 2: runs with whole-machine CPU
 PROXIES = ["lb", "haproxy", "nginx"]
-EXTRA_PROXIES = ["lb-readiness", "lb-multishot", "lb-coop", "lb-coop-multishot", "lb-multishot-eventfd"]
+EXTRA_PROXIES = ["lb-readiness", "lb-multishot", "lb-coop", "lb-coop-multishot", "lb-multishot-eventfd",
+                 "lb-baseline"]
+# lb-baseline: the lb binary in --baseline DIR (another commit's build), to A/B a change in the
+# same interleaved rounds.
+BASELINE = "lb-baseline"
 # lb variants: relay.mode and environment. LB_URING_TASKRUN=coop is the ring setup before
 # DEFER_TASKRUN (issue 13's lever 1; common/src/runtime.rs), to compare each lever alone and both
 # together; LB_RECV_RING_BRIDGE=eventfd wakes monoio through an eventfd instead of a poll on the
@@ -68,13 +73,17 @@ NOISY_CPUS = 0.1  # busy CPU outside the proxy, loadgen and nginx above which a 
 LABELS = {"direct": "direct", "lb": "lb", "haproxy": "HAProxy", "nginx": "nginx stream",
           "lb-readiness": "lb (readiness relay)", "lb-multishot": "lb (multishot relay)",
           "lb-coop": "lb (COOP_TASKRUN ring)", "lb-coop-multishot": "lb (COOP ring, multishot relay)",
-          "lb-multishot-eventfd": "lb (multishot relay, eventfd bridge)", "lb+pool": "lb + pool", FLASK: "Flask proxy"}
+          "lb-multishot-eventfd": "lb (multishot relay, eventfd bridge)", "lb+pool": "lb + pool", FLASK: "Flask proxy",
+          BASELINE: "lb (baseline build)"}
 COLORS = {"direct": "#bcbd22", "lb": "#1f77b4", "haproxy": "#7f7f7f", "nginx": "#2ca02c",
           "lb-readiness": "#aec7e8", "lb-multishot": "#ff7f0e", "lb-coop": "#9467bd",
-          "lb-coop-multishot": "#e377c2", "lb-multishot-eventfd": "#8c564b", "lb+pool": "#17becf", FLASK: "#d62728"}
+          "lb-coop-multishot": "#e377c2", "lb-multishot-eventfd": "#8c564b", "lb+pool": "#17becf", FLASK: "#d62728",
+          BASELINE: "#98df8a"}
 
 
 def start_proxy(name, port, backends, cpu, threads=1):
+    if name == BASELINE:
+        return lb_proc(port, backends, cpu, cores=threads, binary=BASELINE_DIR / "lb")
     if name in LB_VARIANTS:
         mode, env = LB_VARIANTS[name]
         return lb_proc(port, backends, cpu, cores=threads, relay_mode=mode, env=env)
@@ -249,7 +258,7 @@ def measure(a):
         if "memory" in a.parts:
             log("part 2: idle connection memory")
             data["memory"] = idle_memory(a.idle, bports[0], a.proxies + [p for p in EXTRA_PROXIES
-                                                                          if p not in a.proxies])
+                                                                          if p not in a.proxies and p != BASELINE])
     finally:
         if backend:
             backend.stop()
@@ -309,6 +318,8 @@ def summaries(data):
                                    else None),
                 "p99_vs_haproxy": (ys.p99_ratio(by, point, target) if target not in (ys.DIRECT, "haproxy")
                                    else None),
+                "hop_vs_baseline": (ys.hop_ratio(by, point, target, reference=BASELINE)
+                                    if target == "lb" and (point, BASELINE) in by else None),
             }
         out[point] = row
     return out
@@ -423,6 +434,12 @@ def report(data):
             cells += [fmt_x(row[p]["hop_vs_haproxy"]) if p in row else "-" for p in proxies if p != "haproxy"]
             L.append("| " + " | ".join(cells) + " |")
         L.append("")
+        ab = [(ys.POINTS[point]["label"], row["lb"]["hop_vs_baseline"]) for point, row in summ.items()
+              if row.get("lb", {}).get("hop_vs_baseline")]
+        if ab:
+            L.append("**lb against the baseline build** (`--baseline`), in the same rounds: the hop cost of lb / "
+                     "lb (baseline build), per round, median (min-max): "
+                     + "; ".join(f"{label} {fmt_x(x)}" for label, x in ab) + ".\n")
         L.append("![hop cost relative to HAProxy](hop-ratio.svg)\n")
         L.append("## 2. Every target at every load point (medians over the rounds)\n")
         L.append("| load | target | req/s | machine us/req | hop us/req | process us/req | rest (CPUs) | p50 ms | "
@@ -662,6 +679,9 @@ def parse_args(argv=None):
     ap.add_argument("--only", choices=["yardstick", "memory", "fullstack"], action="append",
                     help="run only this part (repeatable; default all three)")
     ap.add_argument("--no-build", action="store_true", help="skip cargo build --release --bins")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="a directory holding another build's lb (e.g. a worktree's target/release), "
+                         "run as the proxy lb-baseline")
     ap.add_argument("--out", help="output folder (default: a fresh bench-results/runs/proxies-<time>/; "
                                   "bench-results/proxies replaces the committed results)")
     ap.add_argument("--render-only", "--charts-only", dest="render_only", action="store_true",
@@ -676,6 +696,10 @@ def parse_args(argv=None):
     for p in a.proxies:
         if p not in PROXIES + EXTRA_PROXIES:
             ap.error(f"unknown proxy {p!r}: choose from {', '.join(PROXIES + EXTRA_PROXIES)}")
+    if (BASELINE in a.proxies) != bool(a.baseline):
+        ap.error("--baseline DIR and the proxy lb-baseline go together")
+    if a.baseline and not (Path(a.baseline) / "lb").is_file():
+        ap.error(f"no lb binary in {a.baseline}")
     if a.flask and FLASK_POINT not in a.points:
         a.flask = False
     a.parts = set(a.only or ["yardstick", "memory", "fullstack"])
@@ -685,7 +709,9 @@ def parse_args(argv=None):
 
 
 def main():
+    global BASELINE_DIR
     a = parse_args()
+    BASELINE_DIR = Path(a.baseline) if a.baseline else None
     if a.render_only:
         out = Path(a.out) if a.out else RESULTS / "proxies"
         render(json.loads((out / "proxies.json").read_text()), out)

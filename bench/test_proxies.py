@@ -143,6 +143,15 @@ class Render(unittest.TestCase):
         md = self.render(data)
         self.assertIn("## 1. Hop cost", md)
 
+    def test_an_ab_run_says_how_lb_compares_with_its_baseline_build(self):
+        data = json.loads((lbbench.RESULTS / "connection-future" / "proxies.json").read_text())
+        md = self.render(data)
+        line = next(x for x in md.splitlines() if x.startswith("**lb against the baseline build**"))
+        self.assertIn("20,000 req/s, 64 conns 1.07x (0.89-1.29)", line)
+        self.assertIn("| lb (baseline build) |", md)
+        # Without a baseline in the run, no such line.
+        self.assertNotIn("baseline build", self.render(fixture()))
+
 
 class Options(unittest.TestCase):
     def test_defaults_run_at_least_five_rounds_at_every_point(self):
@@ -155,6 +164,16 @@ class Options(unittest.TestCase):
 
     def test_the_flask_proxy_needs_its_point(self):
         self.assertFalse(proxies.parse_args(["--points", "rate-5k-64"]).flask)
+
+    def test_a_baseline_needs_its_directory_and_an_lb_in_it(self):
+        for argv in (["--proxies", "lb,lb-baseline"], ["--baseline", "/tmp"],
+                     ["--proxies", "lb,lb-baseline", "--baseline", "/nonexistent"]):
+            with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+                proxies.parse_args(argv)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "lb").write_text("")
+            a = proxies.parse_args(["--proxies", "lb,lb-baseline", "--baseline", d])
+            self.assertEqual(a.proxies, ["lb", "lb-baseline"])
 
     def test_unknown_points_are_rejected(self):
         with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
