@@ -613,20 +613,7 @@ fn the_upgrade_socket_lives_in_a_private_directory_and_goes_when_lb_exits() {
             ],
             &[("XDG_RUNTIME_DIR", dir), ("TMPDIR", dir)],
         );
-        let path = run
-            .0
-            .join("lb")
-            .join(format!("upgrade-{}.sock", lb.addr.port()));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !path.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "no socket at {}: {:?}",
-                path.display(),
-                sockets_under(&run.0)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_upgrade_socket(&run.0, &lb);
         let mode = std::fs::metadata(run.0.join("lb"))
             .unwrap()
             .permissions()
@@ -643,13 +630,23 @@ fn the_upgrade_socket_lives_in_a_private_directory_and_goes_when_lb_exits() {
     }
 }
 
-/// Waits until `path` exists.
-fn wait_path(path: &std::path::Path) {
+/// Waits until `lb` has its upgrade socket in the private directory `lb` under `run`, and
+/// returns its path.
+fn wait_upgrade_socket(run: &std::path::Path, lb: &Proc) -> std::path::PathBuf {
+    let path = run
+        .join("lb")
+        .join(format!("upgrade-{}.sock", lb.addr.port()));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "no {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "no socket at {}: {:?}",
+            path.display(),
+            sockets_under(run)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
+    path
 }
 
 #[test]
@@ -669,11 +666,7 @@ fn the_upgrade_socket_of_a_killed_lb_is_removed_by_the_next_one() {
         &a.addr.to_string(),
     ];
     let mut killed = start("lb", &args, &env);
-    let stale = run
-        .0
-        .join("lb")
-        .join(format!("upgrade-{}.sock", killed.addr.port()));
-    wait_path(&stale);
+    let stale = wait_upgrade_socket(&run.0, &killed);
     signal(&killed.child, libc::SIGKILL);
     assert!(wait_exit(&mut killed.child, Duration::from_secs(5)).is_some());
     assert!(stale.exists(), "a SIGKILL leaves the socket");
@@ -694,11 +687,7 @@ fn the_upgrade_socket_of_a_killed_lb_is_removed_by_the_next_one() {
     };
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     let next = start("lb", &args, &env);
-    let own = run
-        .0
-        .join("lb")
-        .join(format!("upgrade-{}.sock", next.addr.port()));
-    wait_path(&own);
+    wait_upgrade_socket(&run.0, &next);
     assert!(!stale.exists(), "the killed lb's socket is still there");
     drop(next);
 }
