@@ -1,7 +1,7 @@
 //! SIGTERM and SIGINT: stop accepting without resetting the queued clients, let the open
-//! connections finish within a grace period, exit 0. As PID 1 of a container a signal without a handler is ignored, so without this
-//! `docker stop` (and a compose scale-down) waited its whole timeout and then SIGKILLed the
-//! backend, resetting whatever request it was answering.
+//! connections finish within a grace period, exit 0. As PID 1 of a container a signal without a
+//! handler is ignored, so without this `docker stop` (and a compose scale-down) waited its whole
+//! timeout and then SIGKILLed the backend, resetting whatever request it was answering.
 
 use std::io;
 use std::os::fd::RawFd;

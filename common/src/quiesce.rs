@@ -86,8 +86,7 @@ pub fn queued(fd: RawFd) -> io::Result<u32> {
 /// What [`quiesce`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Quiesced {
-    /// Listeners whose new SYNs could not be held (the error is logged by the caller's choice;
-    /// those are closed as before, queue and all).
+    /// Listeners whose new SYNs could not be held: closing those still resets their queue.
     pub not_held: usize,
     /// Connections still queued when `limit` ran out: whoever accepts was not keeping up.
     pub left: u32,

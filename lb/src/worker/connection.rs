@@ -294,15 +294,15 @@ async fn setup<'a>(
             KeySource::Sni => {
                 // Read already when the listener routes by it; else read it now.
                 if !lcfg_reads_sni {
-                    let peeked = Box::pin(sni_or_refuse(
+                    sni = Box::pin(sni_or_refuse(
                         &mut prefix,
                         &mut client,
                         &log,
                         core,
                         listener,
                         client_addr,
-                    ));
-                    sni = peeked.await?;
+                    ))
+                    .await?;
                 }
                 sni.as_deref()
                     .map(|s| key_from_bytes(&cfg.hash, s.as_bytes()))
